@@ -10,6 +10,7 @@ from ._types import (
     PoolStats,
     ResourceInfo,
 )
+from .async_pool import AsyncLease, AsyncPool
 from .errors import (
     PoolClosed,
     PoolError,
@@ -18,6 +19,7 @@ from .errors import (
     ReleaseError,
     ResourceCreationError,
 )
+from .null import NullAsyncPool, NullPool
 from .pool import Lease, Pool
 
 __version__ = "0.1.0"
@@ -25,10 +27,14 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncBudget",
     "AsyncFactory",
+    "AsyncLease",
+    "AsyncPool",
     "Budget",
     "Factory",
     "Health",
     "Lease",
+    "NullAsyncPool",
+    "NullPool",
     "Pool",
     "PoolClosed",
     "PoolError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 
 __all__ = ["PoolConfig"]
@@ -17,7 +18,7 @@ def _check_number(name: str, value: object, *, allow_none: bool, minimum: float 
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__} ({value!r})")
-    if value != value:  # NaN
+    if math.isnan(value):
         raise ValueError(f"{name} must be a number, not NaN")
     if value < minimum:
         raise ValueError(f"{name} ({value}) must be >= {minimum:g}")

@@ -287,9 +287,7 @@ class PoolCore:
         room = config.max_size - self.size - self.creating
         if room <= 0:
             return 0
-        need = max(
-            self.waiting - self.creating, config.min_size - self.size - self.creating
-        )
+        need = max(self.waiting - self.creating, config.min_size - self.size - self.creating)
         if need <= 0:
             return 0
         if self.failures:
@@ -338,7 +336,7 @@ class PoolCore:
         self.failures += 1
         self.last_error = error
         config = self.config
-        delay = min(config.create_backoff * 2 ** (self.failures - 1), config.create_backoff_max)
+        delay = min(config.create_backoff * 2.0 ** (self.failures - 1), config.create_backoff_max)
         delay *= 0.5 + 0.5 * self.rng.random()  # jitter: spread retries of many processes
         self.next_create_at = now + delay
         return delay

@@ -20,7 +20,7 @@ class Listeners:
     __slots__ = ("acquire", "by_kind", "release")
 
     def __init__(self) -> None:
-        self.by_kind: dict[str, tuple[Callback, ...]] = {kind: () for kind in EVENT_KINDS}
+        self.by_kind: dict[str, tuple[Callback, ...]] = dict.fromkeys(EVENT_KINDS, ())
         # the two kinds emitted on the hot path, kept as attributes for a cheap truth test
         self.acquire: tuple[Callback, ...] = ()
         self.release: tuple[Callback, ...] = ()

@@ -38,9 +38,7 @@ class Hooks:
         self.check = check
         self.reset = reset
         self.custom_is_broken = is_broken is not None
-        self.is_broken: Callable[[Any, BaseException | None], bool] = (
-            is_broken or default_is_broken
-        )
+        self.is_broken: Callable[[Any, BaseException | None], bool] = is_broken or default_is_broken
 
 
 def resolve_hooks(
@@ -180,9 +178,7 @@ class ShellBase:
 
     def _emit(self, kind: str, entry: Entry | None = None, **fields: Any) -> None:
         if self._listeners.by_kind[kind]:
-            event = PoolEvent(
-                kind, self.name, None if entry is None else entry.id, **fields
-            )
+            event = PoolEvent(kind, self.name, None if entry is None else entry.id, **fields)
             self._listeners.emit(event)
 
     def _info(self, entry: Entry, now: float) -> ResourceInfo:
@@ -197,8 +193,7 @@ class ShellBase:
         if core.failures and phase == "wait":
             phase = "create"
         message = (
-            f"pool {self.name!r}: no resource within {waited:.2f}s ({phase}); "
-            f"{core.snapshot()}"
+            f"pool {self.name!r}: no resource within {waited:.2f}s ({phase}); {core.snapshot()}"
         )
         if core.last_error is not None:
             message += f"; last creation error: {type(core.last_error).__name__}"
@@ -218,7 +213,8 @@ class ShellBase:
         for entry in leaked:
             held = now - entry.borrowed_at
             logger.warning(
-                "poolkit: pool %r: resource #%d held for %.1fs (leak_timeout=%ss); borrowed at:\n%s",
+                "poolkit: pool %r: resource #%d held for %.1fs (leak_timeout=%ss); "
+                "borrowed at:\n%s",
                 self.name,
                 entry.id,
                 held,

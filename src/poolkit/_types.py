@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -21,7 +20,6 @@ __all__ = [
 ]
 
 R = TypeVar("R")
-T = TypeVar("T")
 
 BROKEN_ERRORS: tuple[type[BaseException], ...] = (OSError, ConnectionError, EOFError)
 
@@ -203,9 +201,7 @@ class PoolStats:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-EventKind = Literal[
-    "create", "create_error", "acquire", "release", "destroy", "timeout", "leak"
-]
+EventKind = Literal["create", "create_error", "acquire", "release", "destroy", "timeout", "leak"]
 EVENT_KINDS: tuple[str, ...] = (
     "create",
     "create_error",
@@ -256,7 +252,3 @@ class Health:
     def ok(self) -> bool:
         """True when the status is ``ok``."""
         return self.status == "ok"
-
-
-Hook = Callable[..., Any]
-MaybeAwaitable = T | Awaitable[T]

@@ -207,7 +207,7 @@ class Pool(ShellBase, Generic[R]):
         self._maintainer = None
         self._started = False
 
-    # -- borrowing ------------------------------------------------------------------------------
+    # -- borrowing ----------------------------------------------------------------------------
 
     def acquire(self, timeout: float | None = None, priority: int = 0) -> Lease[R]:
         """Borrow a resource for a ``with`` block: ``with pool.acquire() as r: ...``.
@@ -250,9 +250,7 @@ class Pool(ShellBase, Generic[R]):
         waited = 0.0
         while True:
             if entry is not None:
-                if now - entry.last_used >= self._check_window and not self._run_check(
-                    entry, now
-                ):
+                if now - entry.last_used >= self._check_window and not self._run_check(entry, now):
                     entry = None
                     now = self._clock()
                     if now >= deadline:
@@ -338,7 +336,7 @@ class Pool(ShellBase, Generic[R]):
             self._flush()
         return ok
 
-    # -- returning --------------------------------------------------------------------------------
+    # -- returning ----------------------------------------------------------------------------
 
     def release(self, lease: Lease[R]) -> None:
         """Return ``lease`` (the same as ``lease.release()``); a foreign lease raises."""
@@ -375,7 +373,9 @@ class Pool(ShellBase, Generic[R]):
             try:
                 hooks.reset(entry.resource)
             except Exception as reset_error:
-                logger.debug("poolkit: pool %r: reset of #%d failed: %r", self.name, entry.id, reset_error)
+                logger.debug(
+                    "poolkit: pool %r: reset of #%d failed: %r", self.name, entry.id, reset_error
+                )
                 reason = "reset"
         now = self._clock()
         core = self._core
@@ -398,7 +398,7 @@ class Pool(ShellBase, Generic[R]):
         with contextlib.suppress(RuntimeError):
             self._wakeup.release()
 
-    # -- creating and destroying ----------------------------------------------------------------
+    # -- creating and destroying --------------------------------------------------------------
 
     def _spawn_creators(self, count: int) -> None:
         for _ in range(count):
@@ -516,7 +516,7 @@ class Pool(ShellBase, Generic[R]):
             )
             self._emit("leak", entry, duration_s=now - entry.borrowed_at, stack=entry.stack)
 
-    # -- lifecycle ----------------------------------------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------------
 
     def _start(self) -> None:
         with self._lock:
@@ -565,7 +565,7 @@ class Pool(ShellBase, Generic[R]):
             ) from error
         self._flush()
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float | None = 5.0) -> None:
         """Refuse new borrowers, fail waiters, wait up to ``timeout`` s for borrowed
         resources, destroy everything and stop background work. A second call does nothing.
         """
@@ -582,7 +582,7 @@ class Pool(ShellBase, Generic[R]):
                 "they will be destroyed when returned",
                 self.name,
                 self._core.in_use,
-                timeout,
+                timeout or 0.0,
             )
         with contextlib.suppress(RuntimeError):
             self._wakeup.release()
@@ -627,9 +627,7 @@ class Pool(ShellBase, Generic[R]):
         self.close()
 
 
-def _maintain_forever(
-    ref: weakref.ref[Pool[Any]], wakeup: threading.Lock, interval: float
-) -> None:
+def _maintain_forever(ref: weakref.ref[Pool[Any]], wakeup: threading.Lock, interval: float) -> None:
     """The maintenance thread: holds only a weak reference, so a forgotten pool can go."""
     while True:
         wakeup.acquire(timeout=interval)
