@@ -1,0 +1,319 @@
+"""What ``poolkit bench`` can measure: a database, an HTTP server, or the embedded default.
+
+A target knows how to open a connection, run one request on it and close it; the bench puts
+those three steps in a ``poolkit.Pool`` (pooled) or a ``poolkit.NullPool`` (unpooled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import random
+import shutil
+import sqlite3
+import ssl
+import tempfile
+from abc import ABC, abstractmethod
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from poolkit.cli._errors import CLIError
+from poolkit.cli._server import EmbeddedHTTPServer
+
+__all__ = [
+    "DatabaseTarget",
+    "HTTPTarget",
+    "Target",
+    "embedded_targets",
+    "parse_target",
+    "redact_url",
+]
+
+DB_SCHEMES = ("sqlite", "duckdb", "postgresql", "postgres", "mysql", "mariadb")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":***"
+    return url.replace(parts.netloc, f"{user}@{netloc[-1]}", 1)
+
+
+class Target(ABC):
+    """Something to benchmark: ``connect()`` a connection, ``request(conn)``, ``close(conn)``."""
+
+    kind: str = "target"
+
+    def __init__(self, label: str, description: str) -> None:
+        self.label = label
+        self.description = description
+
+    @abstractmethod
+    def connect(self) -> Any:
+        """Open one connection (this is what pooling saves)."""
+
+    @abstractmethod
+    def request(self, conn: Any) -> None:
+        """Run one request on an open connection."""
+
+    @abstractmethod
+    def close(self, conn: Any) -> None:
+        """Close a connection."""
+
+    def is_broken(self, conn: Any, exc: BaseException | None) -> bool:
+        """A connection is not reused after any error raised while using it."""
+        return exc is not None
+
+    def probe(self) -> None:
+        """Open a connection and run one request, turning failure into a one-line CLIError."""
+        try:
+            conn = self.connect()
+        except Exception as exc:
+            raise CLIError(f"cannot connect to {self.label}: {_one_line(exc)}") from None
+        try:
+            self.request(conn)
+        except Exception as exc:
+            raise CLIError(f"a request to {self.label} failed: {_one_line(exc)}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.close(conn)
+
+    def cleanup(self) -> None:  # noqa: B027 - most targets hold nothing of their own
+        """Release what the target itself holds (temporary files, servers)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class DatabaseTarget(Target):
+    """A database reached through its DB-API driver; one request runs ``sql`` and fetches."""
+
+    kind = "database"
+
+    def __init__(self, url: str, sql: str | None = None, *, label: str | None = None) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower().split("+", 1)[0]
+        if scheme not in DB_SCHEMES:
+            raise CLIError(
+                f"unsupported database URL scheme {parts.scheme!r} in {redact_url(url)!r}"
+            )
+        self.url = url
+        self.backend = {"postgres": "postgresql", "mariadb": "mysql"}.get(scheme, scheme)
+        self._parts = parts
+        self.sql = sql or "SELECT 1"
+        super().__init__(label or redact_url(url), f"{self.backend}: {self.sql}")
+        self._connect = self._connector()
+
+    def _connector(self) -> Any:
+        p = self._parts
+        if self.backend in ("sqlite", "duckdb"):
+            path = unquote(p.path[1:] if p.path.startswith("/") else p.path) or ":memory:"
+            if self.backend == "sqlite":
+                return lambda: _sqlite_connect(path)
+            try:
+                import duckdb
+            except ImportError:
+                raise CLIError(
+                    "duckdb targets need the duckdb package: pip install duckdb"
+                ) from None
+            return lambda: duckdb.connect(path)
+        try:
+            port = p.port
+        except ValueError:
+            raise CLIError(f"invalid port in {redact_url(self.url)!r}") from None
+        if not p.hostname:
+            raise CLIError(f"no host in {redact_url(self.url)!r}")
+        user = unquote(p.username) if p.username else None
+        password = unquote(p.password) if p.password else None
+        database = unquote(p.path.lstrip("/")) or None
+        if self.backend == "postgresql":
+            try:
+                import psycopg
+            except ImportError:
+                raise CLIError(
+                    "postgresql targets need psycopg: pip install 'psycopg[binary]'"
+                ) from None
+            kwargs: dict[str, Any] = {"host": p.hostname, "port": port or 5432, "autocommit": True}
+            if user:
+                kwargs["user"] = user
+            if password:
+                kwargs["password"] = password
+            if database:
+                kwargs["dbname"] = database
+            return lambda: psycopg.connect(connect_timeout=5, **kwargs)
+        try:
+            import pymysql
+        except ImportError:
+            raise CLIError("mysql targets need PyMySQL: pip install PyMySQL") from None
+        mkwargs: dict[str, Any] = {"host": p.hostname, "port": port or 3306, "autocommit": True}
+        if user:
+            mkwargs["user"] = user
+        if password:
+            mkwargs["password"] = password
+        if database:
+            mkwargs["database"] = database
+        return lambda: pymysql.connect(connect_timeout=5, **mkwargs)
+
+    def connect(self) -> Any:
+        return self._connect()
+
+    def request(self, conn: Any) -> None:
+        cur = conn.cursor()
+        try:
+            params = self.params()
+            if params is None:
+                cur.execute(self.sql)
+            else:
+                cur.execute(self.sql, params)
+            cur.fetchall()
+        finally:
+            cur.close()
+
+    def params(self) -> tuple[Any, ...] | None:
+        """Parameters for the next request's statement (None: the statement takes none)."""
+        return None
+
+    def close(self, conn: Any) -> None:
+        conn.close()
+
+
+def _sqlite_connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
+    # What applications typically set on every new connection.
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+class EmbeddedSQLiteTarget(DatabaseTarget):
+    """A temporary SQLite file with a 1,000-row table; one request looks up one row by key."""
+
+    ROWS = 1000
+
+    def __init__(self) -> None:
+        self._dir = tempfile.mkdtemp(prefix="poolkit-bench-")
+        path = os.path.join(self._dir, "bench.db")
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(
+                "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL)"
+            )
+            conn.executemany(
+                "INSERT INTO items VALUES (?, ?, ?)",
+                ((i, f"item-{i}", round(i * 0.37, 2)) for i in range(1, self.ROWS + 1)),
+            )
+            conn.commit()
+        finally:
+            conn.close()
+        super().__init__(
+            "sqlite:///" + path,
+            "SELECT name, price FROM items WHERE id = ?",
+            label="sqlite (embedded, temporary file)",
+        )
+        self.description = "sqlite: SELECT one of 1,000 rows by primary key"
+        self._rand = random.Random(7)
+
+    def params(self) -> tuple[Any, ...] | None:
+        return (self._rand.randint(1, self.ROWS),)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class HTTPTarget(Target):
+    """An HTTP(S) server; a connection is a keep-alive ``http.client`` connection."""
+
+    kind = "http"
+
+    def __init__(self, url: str, *, label: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CLIError(
+                f"invalid HTTP URL {redact_url(url)!r}: expected http(s)://host[:port]/path"
+            )
+        try:
+            port = parts.port
+        except ValueError:
+            raise CLIError(f"invalid port in {redact_url(url)!r}") from None
+        self.url = url
+        self.host = parts.hostname
+        self.port = port
+        self.https = parts.scheme == "https"
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._ssl = ssl.create_default_context() if self.https else None
+        super().__init__(label or redact_url(url), f"GET {self.path}")
+
+    def connect(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if self._ssl is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=10, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        conn.connect()
+        return conn
+
+    def request(self, conn: http.client.HTTPConnection) -> None:
+        conn.request("GET", self.path, headers={"User-Agent": "poolkit-bench"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status >= 500:
+            raise OSError(f"HTTP {resp.status} {resp.reason}")
+
+    def close(self, conn: http.client.HTTPConnection) -> None:
+        conn.close()
+
+    def is_broken(self, conn: Any, exc: BaseException | None) -> bool:
+        # http.client drops the socket when the server said "Connection: close".
+        return exc is not None or getattr(conn, "sock", None) is None
+
+
+class EmbeddedHTTPTarget(HTTPTarget):
+    """The embedded local server: ``work_s`` per request, ``setup_s`` per new connection."""
+
+    def __init__(self, work_s: float, setup_s: float) -> None:
+        self.server = EmbeddedHTTPServer(work_s=work_s, setup_s=setup_s).start()
+        super().__init__(self.server.url, label="http (embedded, 127.0.0.1)")
+        self.description = (
+            f"GET on a local keep-alive server: {work_s * 1000:g} ms work per request, "
+            f"{setup_s * 1000:g} ms connection setup"
+        )
+
+    def cleanup(self) -> None:
+        self.server.stop()
+
+
+def parse_target(text: str, *, sql: str | None = None) -> Target:
+    """Build the target named by ``text`` (a database or http(s) URL); CLIError if bad."""
+    if "://" not in text:
+        raise CLIError(
+            f"unsupported target {text!r}: expected a database URL (sqlite:///file.db, "
+            "duckdb:///file.duckdb, postgresql://user@host/db, mysql://user@host/db) "
+            "or an http(s):// URL"
+        )
+    scheme = text.split("://", 1)[0].lower()
+    if scheme in ("http", "https"):
+        return HTTPTarget(text)
+    if scheme.split("+", 1)[0] in DB_SCHEMES:
+        return DatabaseTarget(text, sql)
+    raise CLIError(
+        f"unsupported target scheme {scheme!r} in {redact_url(text)!r}: expected sqlite, "
+        "duckdb, postgresql, mysql, http or https"
+    )
+
+
+def embedded_targets(work_s: float, setup_s: float) -> list[Target]:
+    """The embedded default: a temporary SQLite database and a local HTTP server."""
+    targets: list[Target] = [EmbeddedSQLiteTarget()]
+    try:
+        targets.append(EmbeddedHTTPTarget(work_s, setup_s))
+    except BaseException:
+        targets[0].cleanup()
+        raise
+    return targets

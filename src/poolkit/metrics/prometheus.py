@@ -1,0 +1,236 @@
+"""Prometheus exporter: a ``prometheus_client`` collector over registered pools."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+
+from poolkit.metrics._common import (
+    DEFAULT_BUCKETS,
+    Histogram,
+    PoolLike,
+    destroyed_by_reason,
+    resolve_pool,
+)
+
+__all__ = ["PoolCollector", "register", "unregister"]
+
+# (metric suffix, stats field, help text)
+_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("size", "size", "Resources that exist (idle + in use)."),
+    ("idle", "idle", "Resources idle in the pool."),
+    ("in_use", "in_use", "Resources lent out."),
+    ("creating", "creating", "Resources being created right now."),
+    ("waiting", "waiting", "Borrowers waiting for a resource."),
+    ("min_size", "min_size", "Configured minimum size."),
+    ("max_size", "max_size", "Configured maximum size."),
+)
+_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("acquired", "acquired_total", "Resources lent."),
+    ("timeouts", "timeouts_total", "Borrowers that gave up waiting (PoolTimeout)."),
+    ("created", "created_total", "Resources created."),
+    ("create_errors", "create_errors_total", "Failed creation attempts."),
+    ("rejected", "rejected_total", "Borrowers refused at once because max_waiting were queued."),
+    ("leaks", "leaks_total", "Leases held longer than leak_timeout."),
+)
+# (metric suffix, event kind, help text)
+_HISTOGRAMS: tuple[tuple[str, str, str], ...] = (
+    ("acquire_wait_seconds", "acquire", "Time a borrower waited for a resource."),
+    ("usage_seconds", "release", "Time a resource was held by its borrower."),
+    ("create_seconds", "create", "Time taken to create a resource."),
+)
+
+
+class _Entry:
+    """One registered pool and, when timings are on, its histograms and listeners."""
+
+    __slots__ = ("histograms", "pool", "unsubscribe")
+
+    def __init__(self, pool: PoolLike, timings: bool, buckets: Sequence[float]) -> None:
+        self.pool = pool
+        self.histograms: dict[str, Histogram] = {}
+        self.unsubscribe: list[Callable[[], None]] = []
+        if timings:
+            for suffix, kind, _ in _HISTOGRAMS:
+                hist = Histogram(buckets)
+                self.histograms[suffix] = hist
+                self.unsubscribe.append(pool.on(kind, _observer(hist)))
+
+    def detach(self) -> None:
+        for unsubscribe in self.unsubscribe:
+            unsubscribe()
+        self.unsubscribe.clear()
+
+
+def _observer(hist: Histogram) -> Callable[[Any], None]:
+    observe = hist.observe
+
+    def on_event(event: Any) -> None:
+        duration = event.duration_s
+        if duration is not None:
+            observe(duration)
+
+    return on_event
+
+
+class PoolCollector(Collector):
+    """Exposes every registered pool to Prometheus, labelled ``pool="<name>"``.
+
+    Gauges ``poolkit_pool_{size,idle,in_use,creating,waiting,min_size,max_size}``; counters
+    ``poolkit_pool_{acquired,timeouts,created,create_errors,rejected,leaks}_total`` and
+    ``poolkit_pool_destroyed_total{reason=...}``, all read from ``pool.stats()`` at scrape
+    time. With ``timings=True`` also histograms ``poolkit_pool_acquire_wait_seconds``,
+    ``poolkit_pool_usage_seconds`` and ``poolkit_pool_create_seconds``, fed by the pool's
+    events; with timings off no listener is attached, so the pool pays nothing.
+
+    Example::
+
+        from prometheus_client import start_http_server
+        from poolkit.metrics.prometheus import PoolCollector
+
+        collector = PoolCollector()            # registers itself in the default registry
+        collector.register(pool, timings=True)
+        start_http_server(9100)
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = REGISTRY,
+        *,
+        namespace: str = "poolkit",
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+    ) -> None:
+        if not namespace.replace("_", "").isalnum():
+            raise ValueError(f"namespace ({namespace!r}) must be letters, digits and underscores")
+        self._prefix = f"{namespace}_pool_"
+        self._buckets = tuple(buckets)
+        Histogram(self._buckets)  # validates the bounds now rather than at the first register
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def register(self, pool: object, *, timings: bool = False) -> None:
+        """Start exporting ``pool`` (or the pool behind an adapter's ``.pool``).
+
+        ``timings=True`` attaches event listeners that feed the three histograms. Raises
+        ``ValueError`` if a different pool with the same name is already registered.
+        """
+        target = resolve_pool(pool)
+        name = target.name
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None:
+                if current.pool is not target:
+                    raise ValueError(
+                        f"a different pool named {name!r} is already registered; "
+                        "give each pool a unique name="
+                    )
+                if bool(current.histograms) == timings:
+                    return
+                current.detach()
+            self._entries[name] = _Entry(target, timings, self._buckets)
+
+    def unregister(self, pool: object) -> None:
+        """Stop exporting ``pool`` and detach its listeners (no-op if it was not registered)."""
+        target = resolve_pool(pool)
+        with self._lock:
+            entry = self._entries.get(target.name)
+            if entry is None or entry.pool is not target:
+                return
+            del self._entries[target.name]
+        entry.detach()
+
+    def pools(self) -> list[str]:
+        """Names of the registered pools."""
+        with self._lock:
+            return sorted(self._entries)
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing up front: the metric set depends on which pools are registered."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """Build the metric families from the pools' current stats (called at scrape time)."""
+        with self._lock:
+            entries = list(self._entries.values())
+        p = self._prefix
+        gauges = {
+            suffix: GaugeMetricFamily(p + suffix, doc, labels=["pool"])
+            for suffix, _, doc in _GAUGES
+        }
+        counters = {
+            suffix: CounterMetricFamily(p + suffix, doc, labels=["pool"])
+            for suffix, _, doc in _COUNTERS
+        }
+        destroyed = CounterMetricFamily(
+            p + "destroyed", "Resources destroyed, by reason.", labels=["pool", "reason"]
+        )
+        hists = {
+            suffix: HistogramMetricFamily(p + suffix, doc, labels=["pool"], unit="")
+            for suffix, _, doc in _HISTOGRAMS
+        }
+        any_timings = False
+        for entry in entries:
+            name = entry.pool.name
+            stats = entry.pool.stats()
+            for suffix, field, _ in _GAUGES:
+                gauges[suffix].add_metric([name], float(getattr(stats, field, 0)))
+            for suffix, field, _ in _COUNTERS:
+                counters[suffix].add_metric([name], float(getattr(stats, field, 0)))
+            for reason, value in destroyed_by_reason(stats).items():
+                destroyed.add_metric([name, reason], float(value))
+            for suffix, hist in entry.histograms.items():
+                any_timings = True
+                buckets, total, _count = hist.snapshot()
+                hists[suffix].add_metric(
+                    [name], [(_bound_label(b), float(c)) for b, c in buckets], total
+                )
+        yield from gauges.values()
+        yield from counters.values()
+        yield destroyed
+        if any_timings:
+            yield from hists.values()
+
+
+def _bound_label(bound: float) -> str:
+    if bound == float("inf"):
+        return "+Inf"
+    return repr(float(bound))
+
+
+_default: PoolCollector | None = None
+_default_lock = threading.Lock()
+
+
+def _default_collector() -> PoolCollector:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = PoolCollector()
+        return _default
+
+
+def register(pool: object, *, timings: bool = False) -> PoolCollector:
+    """Export ``pool`` through the process-wide collector in the default registry.
+
+    Returns that collector. Example: ``poolkit.metrics.prometheus.register(pool, timings=True)``.
+    """
+    collector = _default_collector()
+    collector.register(pool, timings=timings)
+    return collector
+
+
+def unregister(pool: object) -> None:
+    """Stop exporting ``pool`` through the process-wide collector."""
+    if _default is not None:
+        _default.unregister(pool)
