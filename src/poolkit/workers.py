@@ -1,0 +1,484 @@
+"""WorkerPool: an Executor whose tasks each borrow a pooled resource; amap: its asyncio twin."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
+from concurrent.futures import Executor, Future
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from .errors import PoolFull
+from .pool import Pool
+
+__all__ = ["AsyncAcquirer", "MapResults", "WorkerPool", "WorkerPoolStats", "amap"]
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPoolStats:
+    """A snapshot of a :class:`WorkerPool`'s counters.
+
+    ``submitted == completed + failed + cancelled + queued + running``; ``rejected`` counts
+    ``submit`` calls refused because the queue stayed full.
+
+    Example::
+
+        s = executor.stats()
+        print(f"{s.queued} queued, {s.running} running on {s.workers} threads")
+    """
+
+    name: str
+    workers: int
+    max_workers: int
+    queued: int
+    max_queued: int
+    running: int
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    rejected: int
+
+
+class _WorkItem:
+    __slots__ = ("args", "fn", "future", "kwargs")
+
+    def __init__(
+        self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any
+    ) -> None:
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+class WorkerPool(Executor, Generic[R]):
+    """A ``concurrent.futures.Executor`` whose every task runs with a resource from ``pool``.
+
+    ``submit(fn, *args, **kwargs)`` runs ``fn(resource, *args, **kwargs)`` on a worker
+    thread with a resource borrowed from the :class:`poolkit.Pool` for that task only. When
+    ``fn`` raises, the pool's ``is_broken`` decides whether the resource is destroyed or
+    returned; it is never lost. Tasks wait in a bounded queue of ``max_queued`` (default
+    twice ``max_workers``): when it is full ``submit`` blocks (``when_full="block"``, up to
+    ``submit_timeout`` seconds, None = as long as needed) or raises :class:`poolkit.PoolFull`
+    at once (``when_full="raise"``). ``map`` keeps input order and submits lazily, so a long
+    iterable never floods the queue. Threads start on demand up to ``max_workers`` (default:
+    the pool's ``max_size``). ``shutdown()`` does not close ``pool`` unless ``close_pool``.
+
+    Example::
+
+        pool = poolkit.Pool(lambda: sqlite3.connect("app.db", check_same_thread=False),
+                            destroy=lambda c: c.close(), max_size=4)
+        with WorkerPool(pool) as ex:
+            counts = list(ex.map(lambda conn, t: conn.execute(
+                f"select count(*) from {t}").fetchone()[0], ["users", "orders"]))
+    """
+
+    def __init__(
+        self,
+        pool: Pool[R],
+        *,
+        max_workers: int | None = None,
+        max_queued: int | None = None,
+        when_full: Literal["block", "raise"] = "block",
+        submit_timeout: float | None = None,
+        acquire_timeout: float | None = None,
+        close_pool: bool = False,
+        name: str | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = pool.stats().max_size
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise ValueError(f"max_workers ({max_workers!r}) must be an int >= 1")
+        if max_queued is None:
+            max_queued = 2 * max_workers
+        if not isinstance(max_queued, int) or isinstance(max_queued, bool) or max_queued < 1:
+            raise ValueError(f"max_queued ({max_queued!r}) must be an int >= 1")
+        if when_full not in ("block", "raise"):
+            raise ValueError(f"when_full ({when_full!r}) must be 'block' or 'raise'")
+        if submit_timeout is not None and submit_timeout < 0:
+            raise ValueError(f"submit_timeout ({submit_timeout}) must be >= 0 or None")
+        self._pool = pool
+        self._max_workers = max_workers
+        self._max_queued = max_queued
+        self._block = when_full == "block"
+        self._submit_timeout = submit_timeout
+        self._acquire_timeout = acquire_timeout
+        self._close_pool = close_pool
+        self._name = name if name is not None else f"workers-{pool.name}"
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._queue: deque[_WorkItem] = deque()
+        self._threads: list[threading.Thread] = []
+        self._idle_workers = 0
+        self._shutdown = False
+        self._running = 0
+        self._submitted = 0
+        self._completed = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._rejected = 0
+
+    @property
+    def pool(self) -> Pool[R]:
+        """The pool the tasks borrow from."""
+        return self._pool
+
+    @property
+    def name(self) -> str:
+        """The executor's name (its threads are named after it)."""
+        return self._name
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(resource, *args, **kwargs)`` and return its ``Future``.
+
+        Blocks or raises :class:`poolkit.PoolFull` when the queue is full (see the class
+        doc); raises ``RuntimeError`` after :meth:`shutdown`.
+        """
+        return self._submit(fn, args, kwargs, self._block, self._submit_timeout)
+
+    def _submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        block: bool,
+        timeout: float | None,
+    ) -> Future[T]:
+        future: Future[T] = Future()
+        item = _WorkItem(future, fn, args, kwargs)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError(f"cannot schedule new tasks after {self._name!r} shut down")
+            if len(self._queue) >= self._max_queued:
+                if not block:
+                    self._rejected += 1
+                    raise PoolFull(
+                        f"{self._name!r}: task queue is full ({self._max_queued} queued, "
+                        f"max_queued={self._max_queued}); retry later or raise max_queued"
+                    )
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while len(self._queue) >= self._max_queued and not self._shutdown:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        self._rejected += 1
+                        raise PoolFull(
+                            f"{self._name!r}: task queue stayed full ({self._max_queued} "
+                            f"queued) for {timeout}s; raise max_queued or submit_timeout"
+                        )
+                    self._not_full.wait(remaining)
+                if self._shutdown:
+                    raise RuntimeError(f"cannot schedule new tasks after {self._name!r} shut down")
+            self._queue.append(item)
+            self._submitted += 1
+            spawn = self._idle_workers < len(self._queue) and len(self._threads) < (
+                self._max_workers
+            )
+            if spawn:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"{self._name}-{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+            self._not_empty.notify()
+        if spawn:
+            thread.start()
+        return future
+
+    def _work(self) -> None:
+        pool = self._pool
+        timeout = self._acquire_timeout
+        while True:
+            with self._lock:
+                while not self._queue and not self._shutdown:
+                    self._idle_workers += 1
+                    self._not_empty.wait()
+                    self._idle_workers -= 1
+                if not self._queue:
+                    return
+                item = self._queue.popleft()
+                self._not_full.notify()
+                self._running += 1
+            future = item.future
+            outcome = 0  # 0 = completed, 1 = failed, 2 = cancelled
+            if not future.set_running_or_notify_cancel():
+                outcome = 2
+            else:
+                try:
+                    with pool.acquire(timeout) as resource:
+                        result = item.fn(resource, *item.args, **item.kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    outcome = 1
+                else:
+                    future.set_result(result)
+            del item, future
+            with self._lock:
+                self._running -= 1
+                if outcome == 0:
+                    self._completed += 1
+                elif outcome == 1:
+                    self._failed += 1
+                else:
+                    self._cancelled += 1
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :meth:`Executor.map` with ``fn(resource, *items)``, results in input order.
+
+        Submits lazily, at most ``max_workers + max_queued`` tasks ahead of the consumer,
+        always blocking on a full queue. ``timeout`` counts from this call. Closing the
+        iterator early, or an error, cancels the tasks not yet started.
+        """
+        if chunksize < 1:
+            raise ValueError(f"chunksize ({chunksize}) must be >= 1")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        args_iter = zip(*iterables)  # noqa: B905 - stops at the shortest, like Executor.map
+        window = self._max_workers + self._max_queued
+        pending: deque[Future[T]] = deque(
+            self._submit(fn, args, {}, True, None) for args in itertools.islice(args_iter, window)
+        )
+        return self._results(pending, args_iter, fn, deadline)
+
+    def _results(
+        self,
+        pending: deque[Future[T]],
+        args_iter: Iterator[tuple[Any, ...]],
+        fn: Callable[..., T],
+        deadline: float | None,
+    ) -> Generator[T, None, None]:
+        try:
+            while pending:
+                future = pending.popleft()
+                for args in itertools.islice(args_iter, 1):
+                    pending.append(self._submit(fn, args, {}, True, None))
+                if deadline is None:
+                    yield future.result()
+                else:
+                    yield future.result(deadline - time.monotonic())
+                del future
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks; with ``cancel_futures`` cancel the queued ones.
+
+        Queued tasks still run otherwise. ``wait=True`` waits for the worker threads to
+        finish; the pool is closed afterwards only when ``close_pool`` was given.
+        """
+        dropped: list[_WorkItem] = []
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                dropped = list(self._queue)
+                self._queue.clear()
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+            threads = list(self._threads)
+        for item in dropped:
+            if item.future.cancel():
+                with self._lock:
+                    self._cancelled += 1
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+        if self._close_pool:
+            self._pool.close()
+
+    def stats(self) -> WorkerPoolStats:
+        """Return a consistent snapshot of the counters."""
+        with self._lock:
+            return WorkerPoolStats(
+                name=self._name,
+                workers=len(self._threads),
+                max_workers=self._max_workers,
+                queued=len(self._queue),
+                max_queued=self._max_queued,
+                running=self._running,
+                submitted=self._submitted,
+                completed=self._completed,
+                failed=self._failed,
+                cancelled=self._cancelled,
+                rejected=self._rejected,
+            )
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "running"
+        return (
+            f"<WorkerPool {self._name!r} {state} workers={len(self._threads)}/"
+            f"{self._max_workers} queued={len(self._queue)}/{self._max_queued}>"
+        )
+
+
+# -- asyncio -----------------------------------------------------------------------------------
+
+
+class AsyncAcquirer(Protocol[R_co]):
+    """What :func:`amap` needs from a pool: ``async with pool.acquire() as resource``.
+
+    :class:`poolkit.AsyncPool` satisfies it.
+    """
+
+    def acquire(self) -> AbstractAsyncContextManager[R_co]:
+        """Borrow a resource for an ``async with`` block."""
+        ...
+
+
+class MapResults(Generic[U]):
+    """The results of :func:`amap`: iterate with ``async for`` or ``await`` for a list.
+
+    Leaving an ``async with`` block (or ``aclose()``) cancels the tasks still running and
+    waits for them, so every borrowed resource is back in its pool.
+
+    Example::
+
+        async with amap(pool, fetch, urls, concurrency=8) as results:
+            async for page in results:
+                ...
+        pages = await amap(pool, fetch, urls, concurrency=8)
+    """
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, gen: AsyncGenerator[U, None]) -> None:
+        self._gen = gen
+
+    def __aiter__(self) -> MapResults[U]:
+        return self
+
+    async def __anext__(self) -> U:
+        return await self._gen.__anext__()
+
+    def __await__(self) -> Generator[Any, None, list[U]]:
+        return self._collect().__await__()
+
+    async def _collect(self) -> list[U]:
+        try:
+            return [result async for result in self._gen]
+        finally:
+            await self._gen.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel the tasks still running and wait until their resources are returned."""
+        await self._gen.aclose()
+
+    async def __aenter__(self) -> MapResults[U]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._gen.aclose()
+
+
+def amap(
+    pool: AsyncAcquirer[R],
+    fn: Callable[[R, T], Awaitable[U]],
+    items: Iterable[T] | AsyncIterable[T],
+    *,
+    concurrency: int,
+) -> MapResults[U]:
+    """Run ``await fn(resource, item)`` for each item, at most ``concurrency`` at a time.
+
+    Each task borrows its own resource from ``pool`` (an :class:`poolkit.AsyncPool`) for
+    the call. Results come in input order; at most ``2 * concurrency`` items are in flight
+    (running or finished but waiting for an earlier one), so a slow item holds back memory,
+    never the bound. The first error cancels the other tasks, waits for them, and is raised.
+    Cancelling the consumer does the same.
+
+    Example::
+
+        rows = await amap(apool, lambda conn, uid: conn.fetchrow(q, uid), ids, concurrency=4)
+    """
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency ({concurrency!r}) must be an int >= 1")
+    return MapResults(_amap(pool, fn, items, concurrency))
+
+
+async def _amap(
+    pool: AsyncAcquirer[R],
+    fn: Callable[[R, T], Awaitable[U]],
+    items: Iterable[T] | AsyncIterable[T],
+    concurrency: int,
+) -> AsyncGenerator[U, None]:
+    async def run_one(item: T) -> U:
+        async with pool.acquire() as resource:
+            return await fn(resource, item)
+
+    sync_items: Iterator[T] | None = None
+    async_items: Any = None
+    if isinstance(items, AsyncIterable):
+        async_items = items.__aiter__()
+    else:
+        sync_items = iter(items)
+    window: deque[asyncio.Task[U]] = deque()  # in input order, running or finished
+    active: set[asyncio.Task[U]] = set()  # running
+    lookahead = 2 * concurrency
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(active) < concurrency and len(window) < lookahead:
+                if sync_items is not None:
+                    try:
+                        item = next(sync_items)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                else:
+                    try:
+                        item = await async_items.__anext__()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                task = asyncio.ensure_future(run_one(item))
+                window.append(task)
+                active.add(task)
+                task.add_done_callback(active.discard)
+            if not window:
+                return
+            head = window[0]
+            if head.done():
+                window.popleft()
+                yield head.result()
+                continue
+            done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+    finally:
+        for task in window:
+            task.cancel()
+        if window:
+            await asyncio.gather(*window, return_exceptions=True)
