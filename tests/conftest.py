@@ -7,6 +7,8 @@ fresh private instance on a free loopback port and removes it afterwards. See
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -87,3 +89,35 @@ def tcp_proxy() -> Iterator[Callable[..., TcpProxy]]:
     yield make
     for proxy in made:
         proxy.close()
+
+
+# ---------------------------------------------------------------- the machine's services
+
+_SERVICE_PORTS = {"postgres": 5432, "mysql": 3306, "redis": 6379}
+_SERVICE_STATE: dict[str, bool] = {}
+
+
+def _service_answers(marker: str) -> bool:
+    if marker not in _SERVICE_STATE:
+        try:
+            socket.create_connection(("127.0.0.1", _SERVICE_PORTS[marker]), timeout=2).close()
+        except OSError:
+            _SERVICE_STATE[marker] = False
+        else:
+            _SERVICE_STATE[marker] = True
+    return _SERVICE_STATE[marker]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked postgres/mysql/redis when that service does not answer.
+
+    scripts/test sets POOLKIT_REQUIRE_SERVICES=1 after it has verified every service: then a
+    dead service fails the test instead of hiding it behind a skip.
+    """
+    for name, port in _SERVICE_PORTS.items():
+        if item.get_closest_marker(name) is None or _service_answers(name):
+            continue
+        reason = f"the machine's {name} service does not answer on 127.0.0.1:{port}"
+        if os.environ.get("POOLKIT_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason + " (scripts/test verified it earlier: it went down)")
+        pytest.skip(reason + "; start it (scripts/test does)")
