@@ -1,0 +1,580 @@
+"""``AsyncHTTPPool``: persistent HTTP/1.1 connections per origin for asyncio, on ``h11``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import select
+import socket
+import ssl
+from collections.abc import AsyncIterator, Generator
+from types import TracebackType
+from typing import Any
+
+import h11
+
+from poolkit.http._models import (
+    DEFAULT_TLS,
+    IDEMPOTENT_METHODS,
+    Headers,
+    HeadersInput,
+    Origin,
+    ProtocolError,
+    Response,
+    TLSConfig,
+    encode_body,
+    header_items,
+    parse_url,
+    wire_headers,
+)
+from poolkit.http._origins import PoolSettings, async_keyed_pool
+from poolkit.keyed import KeyedPoolStats
+
+__all__ = ["AsyncHTTPPool", "AsyncStreamResponse"]
+
+_DEFAULT: Any = object()
+_HIGH_WATER = 256 * 1024
+_POLLIN_ANY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_NEED_DATA = h11.NEED_DATA
+_DONE = h11.DONE
+_STALE_ERRORS = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    ssl.SSLEOFError,
+)
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: an asyncio transport feeding an ``h11.Connection``.
+
+    The event loop watches the socket all the time, so bytes or EOF arriving while the
+    connection is idle in the pool mark it stale at once (``data_received``/``eof_received``),
+    which is the readability check, paid for by the loop instead of a syscall per borrow.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.busy = False
+        self.stale = False
+        self.paused = False
+        self.requests = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.write_waiter: asyncio.Future[None] | None = None
+        self.poller: Any = None
+        self.response_started = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            poller = select.poll()
+            poller.register(sock.fileno(), _POLLIN_ANY)
+            self.poller = poller
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.stale = True
+        self.buf += data
+        if len(self.buf) > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.stale = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.stale = True
+        self.error = exc
+        self._wake()
+        w = self.write_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_waiter = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        w, self.write_waiter = self.write_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    # -- helpers for the pool ----------------------------------------------------------
+
+    def is_fresh(self) -> bool:
+        """Idle and nothing arrived: no bytes, no EOF, transport open, socket not readable."""
+        t = self.transport
+        if self.stale or t is None or t.is_closing():
+            return False
+        poller = self.poller
+        return poller is None or not poller.poll(0)
+
+    def close(self) -> None:
+        t = self.transport
+        if t is not None:
+            t.close()
+
+    def timed_out(self) -> None:
+        """Called by the request timer: fail the current read with TimeoutError."""
+        self.error = TimeoutError("HTTP request timed out")
+        w = self.waiter
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_exception(TimeoutError("HTTP request timed out"))
+        ww = self.write_waiter
+        if ww is not None and not ww.done():
+            ww.set_exception(TimeoutError("HTTP request timed out"))
+
+    async def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            raise ConnectionResetError("connection closed before the request was sent")
+        t.write(data)
+        w = self.write_waiter
+        if w is not None:
+            await w
+
+    async def next_event(self) -> Any:
+        """The next h11 event, reading from the transport as h11 asks."""
+        conn = self.h11
+        while True:
+            event = conn.next_event()
+            if event is not _NEED_DATA:
+                return event
+            if not self.buf and not self.eof:
+                if isinstance(self.error, TimeoutError):
+                    raise TimeoutError("HTTP request timed out")
+                fut = self.waiter = self.loop.create_future()
+                await fut
+            if self.buf:
+                data = bytes(self.buf)
+                self.buf.clear()
+                if self.paused and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
+                conn.receive_data(data)
+            elif self.eof:
+                if conn.their_state is h11.SEND_RESPONSE and not self.response_started:
+                    raise http.client.RemoteDisconnected(
+                        "Remote end closed connection without response"
+                    )
+                conn.receive_data(b"")
+
+
+def _close(conn: _Conn) -> None:
+    conn.close()
+
+
+class AsyncStreamResponse:
+    """A response whose body is read on demand; the connection returns at the end.
+
+    Reused once the body was read to the end; ``aclose()`` before that closes the
+    connection (unread bytes would corrupt the next response).
+
+    Example::
+
+        async with pool.stream("GET", url) as resp:
+            async for chunk in resp.aiter_bytes():
+                sink.write(chunk)
+    """
+
+    __slots__ = ("_conn", "_lease", "_timer", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        lease: Any,
+        conn: _Conn,
+        event: Any,
+        timer: asyncio.TimerHandle | None,
+    ) -> None:
+        self._lease = lease
+        self._conn = conn
+        self._timer = timer
+        self.status: int = event.status_code
+        self.reason: str = event.reason.decode("latin-1")
+        self.headers = Headers(
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()]
+        )
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection went back to the pool or was closed."""
+        return self._lease is None
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """Yield body chunks as they arrive."""
+        while self._lease is not None:
+            try:
+                event = await self._conn.next_event()
+            except BaseException:
+                await self._finish(reuse=False)
+                raise
+            if type(event) is h11.Data:
+                yield bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                await self._finish(reuse=True)
+                return
+            else:
+                await self._finish(reuse=False)
+                raise ProtocolError(f"unexpected HTTP event {event!r}")
+
+    async def read(self) -> bytes:
+        """Read the rest of the body."""
+        parts = [chunk async for chunk in self.aiter_bytes()]
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Give the connection back: reused if the body was fully read, else closed."""
+        if self._lease is not None:
+            await self._finish(reuse=False)
+
+    async def _finish(self, reuse: bool) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        conn = self._conn
+        conn.busy = False
+        if reuse and _cycle(conn):
+            await lease.release()
+        else:
+            conn.close()
+            await lease.discard()
+
+    async def __aenter__(self) -> AsyncStreamResponse:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._lease is None else "open"
+        return f"<AsyncStreamResponse [{self.status} {self.reason}] {state}>"
+
+
+def _cycle(conn: _Conn) -> bool:
+    """After a complete exchange: ready the connection for the next one, or say it can't be."""
+    h = conn.h11
+    if h.our_state is _DONE and h.their_state is _DONE and not conn.stale and not conn.buf:
+        h.start_next_cycle()
+        conn.response_started = False
+        conn.error = None
+        return True
+    return False
+
+
+class _StreamContext:
+    """What ``AsyncHTTPPool.stream`` returns: ``async with`` it, or ``await`` it."""
+
+    __slots__ = ("_args", "_pool", "_resp")
+
+    def __init__(self, pool: AsyncHTTPPool, args: tuple[Any, ...]) -> None:
+        self._pool = pool
+        self._args = args
+        self._resp: AsyncStreamResponse | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncStreamResponse]:
+        return self._pool._open_stream(*self._args).__await__()
+
+    async def __aenter__(self) -> AsyncStreamResponse:
+        self._resp = await self._pool._open_stream(*self._args)
+        return self._resp
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._resp is not None:
+            await self._resp.aclose()
+
+
+class AsyncHTTPPool:
+    """asyncio pool of persistent HTTP/1.1 connections (h11 over asyncio), one per origin key.
+
+    The same knobs and guarantees as :class:`HTTPPool`: keyed by (scheme, host, port, TLS
+    settings), stale idle connections dropped before reuse, an idempotent request retried
+    once on a fresh connection when a reused one turns out closed, TLS verified by default.
+    A pool belongs to the event loop that first used it.
+
+    Example::
+
+        async with AsyncHTTPPool(max_per_host=16) as pool:
+            resp = await pool.request("GET", "http://127.0.0.1:8080/")
+            async with pool.stream("GET", "http://127.0.0.1:8080/big") as s:
+                async for chunk in s.aiter_bytes():
+                    ...
+    """
+
+    def __init__(
+        self,
+        *,
+        max_per_host: int = 10,
+        max_total: int | None = 100,
+        idle_timeout: float | None = 60.0,
+        max_lifetime: float | None = 600.0,
+        max_requests: int | None = None,
+        connect_timeout: float | None = 10.0,
+        timeout: float | None = 30.0,
+        acquire_timeout: float = 30.0,
+        tls: TLSConfig | None = None,
+        headers: HeadersInput = None,
+        name: str = "http",
+    ) -> None:
+        self._settings = PoolSettings(
+            max_per_host=max_per_host,
+            max_total=max_total,
+            idle_timeout=idle_timeout,
+            max_lifetime=max_lifetime,
+            max_requests=max_requests,
+            connect_timeout=connect_timeout,
+            acquire_timeout=acquire_timeout,
+            name=name,
+        )
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout ({timeout}) must be > 0 or None")
+        self._timeout = timeout
+        self._tls = tls or DEFAULT_TLS
+        self._default_headers = tuple(header_items(headers))
+        self._contexts: dict[TLSConfig, ssl.SSLContext] = {}
+        self._origins: dict[tuple[str, str, int, TLSConfig | None], Origin] = {}
+        self._pools = async_keyed_pool(self._settings, self._create, _close)
+        self.name = name
+
+    async def _create(self, origin: Origin) -> _Conn:
+        loop = asyncio.get_running_loop()
+        ctx: ssl.SSLContext | None = None
+        server_hostname: str | None = None
+        if origin.tls is not None:
+            ctx = self._contexts.get(origin.tls)
+            if ctx is None:
+                ctx = self._contexts[origin.tls] = origin.tls.context()
+            server_hostname = origin.tls.server_hostname or origin.host
+        coro = loop.create_connection(
+            lambda: _Conn(loop),
+            origin.host,
+            origin.port,
+            ssl=ctx,
+            server_hostname=server_hostname,
+        )
+        timeout = self._settings.connect_timeout
+        _, conn = await (asyncio.wait_for(coro, timeout) if timeout is not None else coro)
+        return conn
+
+    def _origin(self, scheme: str, host: str, port: int, tls: TLSConfig | None) -> Origin:
+        tls_key = (tls or self._tls) if scheme == "https" else None
+        key = (scheme, host, port, tls_key)
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins.setdefault(key, Origin(scheme, host, port, tls_key))
+        return origin
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: HeadersInput,
+        body: Any,
+        timeout: float | None,
+        tls: TLSConfig | None,
+    ) -> tuple[Any, _Conn, Any, asyncio.TimerHandle | None]:
+        scheme, host, port, host_header, target = parse_url(url)
+        origin = self._origin(scheme, host, port, tls)
+        payload = encode_body(body)
+        method = method.upper()
+        if timeout is _DEFAULT:
+            timeout = self._timeout
+        wire = wire_headers(host_header, self._default_headers, header_items(headers), payload)
+        pool = self._pools
+        retried = False
+        stale = 0
+        while True:
+            lease = await pool.get(origin)
+            conn: _Conn = lease.resource
+            reused = conn.requests > 0
+            if reused and not conn.is_fresh():
+                conn.close()
+                await lease.discard()
+                stale += 1
+                if stale > self._settings.max_per_host:
+                    await pool.close_idle(origin)
+                continue
+            timer = None
+            try:
+                conn.busy = True
+                if timeout is not None:
+                    timer = conn.loop.call_later(timeout, conn.timed_out)
+                h = conn.h11
+                try:
+                    data = h.send(h11.Request(method=method, target=target, headers=wire))
+                    if payload:
+                        data += h.send(h11.Data(data=payload))
+                    data += h.send(h11.EndOfMessage())
+                except h11.LocalProtocolError as exc:
+                    raise ValueError(f"invalid request: {exc}") from exc
+                conn.requests += 1
+                await conn.write(data)
+                while True:
+                    try:
+                        event = await conn.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        raise ProtocolError(str(exc)) from exc
+                    if type(event) is h11.Response:
+                        break
+                    if type(event) is h11.InformationalResponse:
+                        continue
+                    raise ProtocolError(f"unexpected HTTP event {event!r}")
+                conn.response_started = True
+            except BaseException as exc:
+                if timer is not None:
+                    timer.cancel()
+                conn.close()
+                await lease.discard()
+                if (
+                    reused
+                    and not retried
+                    and method in IDEMPOTENT_METHODS
+                    and isinstance(exc, _STALE_ERRORS)
+                ):
+                    retried = True
+                    await pool.close_idle(origin)
+                    continue
+                raise
+            return lease, conn, event, timer
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: HeadersInput = None,
+        body: bytes | str | None = None,
+        timeout: float | None = _DEFAULT,
+        tls: TLSConfig | None = None,
+    ) -> Response:
+        """Send a request and read the whole response (see ``HTTPPool.request``).
+
+        ``timeout`` bounds the whole exchange (default: the pool's ``timeout``).
+        """
+        lease, conn, event, timer = await self._send(method, url, headers, body, timeout, tls)
+        parts: list[bytes] = []
+        try:
+            while True:
+                try:
+                    ev = await conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise ProtocolError(str(exc)) from exc
+                if type(ev) is h11.Data:
+                    parts.append(ev.data)
+                elif type(ev) is h11.EndOfMessage:
+                    break
+                else:
+                    raise ProtocolError(f"unexpected HTTP event {ev!r}")
+        except BaseException:
+            if timer is not None:
+                timer.cancel()
+            conn.busy = False
+            conn.close()
+            await lease.discard()
+            raise
+        if timer is not None:
+            timer.cancel()
+        conn.busy = False
+        if _cycle(conn):
+            await lease.release()
+        else:
+            conn.close()
+            await lease.discard()
+        body_bytes = parts[0] if len(parts) == 1 else b"".join(parts)
+        return Response(
+            event.status_code,
+            Headers(
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()]
+            ),
+            bytes(body_bytes),
+            event.reason.decode("latin-1"),
+        )
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: HeadersInput = None,
+        body: bytes | str | None = None,
+        timeout: float | None = _DEFAULT,
+        tls: TLSConfig | None = None,
+    ) -> _StreamContext:
+        """Send a request; ``async with pool.stream(...) as resp`` reads the body on demand.
+
+        ``await pool.stream(...)`` works too (then call ``await resp.aclose()``).
+        """
+        return _StreamContext(self, (method, url, headers, body, timeout, tls))
+
+    async def _open_stream(
+        self,
+        method: str,
+        url: str,
+        headers: HeadersInput,
+        body: Any,
+        timeout: float | None,
+        tls: TLSConfig | None,
+    ) -> AsyncStreamResponse:
+        lease, conn, event, timer = await self._send(method, url, headers, body, timeout, tls)
+        return AsyncStreamResponse(lease, conn, event, timer)
+
+    def stats(self) -> KeyedPoolStats[Origin]:
+        """Pool statistics: totals plus ``per_key`` (one :class:`poolkit.PoolStats` per origin)."""
+        return self._pools.stats()
+
+    async def aclose(self) -> None:
+        """Close every idle connection and refuse new requests."""
+        await self._pools.close()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncHTTPPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<AsyncHTTPPool {self.name!r} origins={len(self._origins)}>"

@@ -1,0 +1,89 @@
+"""Settings and keyed-pool construction shared by the HTTP pools (one sub-pool per origin)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from poolkit.async_keyed import AsyncKeyedPool
+from poolkit.http._models import Origin
+from poolkit.keyed import KeyedPool
+
+__all__ = ["PoolSettings", "async_keyed_pool", "keyed_pool"]
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Validated settings shared by ``HTTPPool`` and ``AsyncHTTPPool``."""
+
+    max_per_host: int
+    max_total: int | None
+    idle_timeout: float | None
+    max_lifetime: float | None
+    max_requests: int | None
+    connect_timeout: float | None
+    acquire_timeout: float
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.max_per_host < 1:
+            raise ValueError(f"max_per_host ({self.max_per_host}) must be >= 1")
+        if self.max_total is not None and self.max_total < self.max_per_host:
+            raise ValueError(
+                f"max_total ({self.max_total}) must be >= max_per_host ({self.max_per_host})"
+                " or None"
+            )
+        for label, value in (
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+            ("connect_timeout", self.connect_timeout),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{label} ({value}) must be > 0 or None")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError(f"max_requests ({self.max_requests}) must be >= 1 or None")
+        if self.acquire_timeout < 0:
+            raise ValueError(f"acquire_timeout ({self.acquire_timeout}) must be >= 0")
+
+
+def keyed_pool(
+    settings: PoolSettings, create: Callable[[Origin], C], destroy: Callable[[C], None]
+) -> KeyedPool[Origin, C]:
+    """The thread-safe keyed pool (one sub-pool per origin) behind ``HTTPPool``."""
+    s = settings
+    return KeyedPool(
+        create,
+        destroy=destroy,
+        max_per_key=s.max_per_host,
+        max_total=s.max_total,
+        idle_timeout=s.idle_timeout,
+        max_lifetime=s.max_lifetime,
+        max_uses=s.max_requests,
+        acquire_timeout=s.acquire_timeout,
+        check_after_idle=None,  # the HTTP pools run their own (cheaper) readability check
+        name=s.name,
+    )
+
+
+def async_keyed_pool(
+    settings: PoolSettings,
+    create: Callable[[Origin], Awaitable[C]],
+    destroy: Callable[[C], None],
+) -> AsyncKeyedPool[Origin, C]:
+    """The asyncio keyed pool (one sub-pool per origin) behind ``AsyncHTTPPool``."""
+    s = settings
+    return AsyncKeyedPool(
+        create,
+        destroy=destroy,
+        max_per_key=s.max_per_host,
+        max_total=s.max_total,
+        idle_timeout=s.idle_timeout,
+        max_lifetime=s.max_lifetime,
+        max_uses=s.max_requests,
+        acquire_timeout=s.acquire_timeout,
+        check_after_idle=None,
+        name=s.name,
+    )
