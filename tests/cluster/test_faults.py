@@ -1,0 +1,132 @@
+"""The budget when Redis dies, restarts empty or comes back: private redis-server per test."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import pytest
+import redis
+
+from helpers import wait_for
+from poolkit import Pool, PoolTimeout
+from poolkit.cluster import BudgetExhausted, BudgetUnavailable, RedisBudget
+
+pytestmark = [pytest.mark.redis, pytest.mark.faults]
+
+
+def zcard(url: str, name: str) -> int:
+    with redis.Redis.from_url(url, socket_timeout=2) as r:
+        return int(r.zcard(f"{{poolkit:budget:{name}}}:holders"))
+
+
+def test_strict_mode_refuses_growth_while_redis_is_down_and_reregisters_after(
+    private_redis, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="poolkit.cluster")
+    b = RedisBudget(private_redis.url, "strict", 5, lease_ttl=10.0, restart_quiet=0)
+    b._stop.set()  # renew by hand, deterministically
+    try:
+        held = [b.acquire(1.0) for _ in range(3)]
+        assert b.status() == "ok"
+        private_redis.kill()
+        with pytest.raises(BudgetUnavailable) as info:
+            b.acquire(5.0)
+        assert "strict" in str(info.value) and "existing resources keep serving" in str(info.value)
+        assert b.status() == "unavailable"
+        b.renew()  # logged, not raised
+        b.release(held.pop())  # logged, not raised; the lease would expire on the server
+        assert b.info().renew_failures_total == 1
+        assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
+
+        private_redis.start()  # empty: the data set is gone
+        b.renew()
+        assert b.status() == "ok"
+        info2 = b.info()
+        assert info2.restarts_detected == 1 and info2.readded_total == 2
+        assert zcard(private_redis.url, "strict") == 2  # the 2 live leases, not the released one
+        t = b.acquire(1.0)
+        assert t.fence is not None and all(t.fence > (x.fence or 0) for x in held)
+    finally:
+        b.close()
+
+
+def test_degraded_mode_grows_up_to_the_fallback_limit(private_redis) -> None:
+    b = RedisBudget(
+        private_redis.url, "deg", 10, mode="degraded", fallback_limit=3, restart_quiet=0
+    )
+    b._stop.set()
+    try:
+        b.acquire(1.0)
+        private_redis.kill()
+        local = [b.acquire(1.0), b.acquire(1.0)]  # 1 from Redis + 2 local = fallback_limit
+        assert all(t.fence is None for t in local)
+        assert b.status() == "degraded"
+        with pytest.raises(BudgetUnavailable, match=r"fallback_limit=3"):
+            b.acquire(1.0)
+        assert b.info().local_held == 2
+        private_redis.start()
+        b.renew()  # the local leases are real resources: they are registered now
+        assert zcard(private_redis.url, "deg") == 3
+        assert b.status() == "ok"
+    finally:
+        b.close()
+
+
+def test_restart_quiet_window_then_budget_holds(private_redis) -> None:
+    """A real redis-server restart without persistence: no over-grant (bound = 0)."""
+    a = RedisBudget(private_redis.url, "q", 3, lease_ttl=10.0, restart_quiet=1.0)
+    b = RedisBudget(private_redis.url, "q", 3, lease_ttl=10.0, restart_quiet=1.0)
+    a._stop.set()
+    try:
+        for _ in range(3):
+            a.acquire(5.0)
+        private_redis.kill()
+        private_redis.start()
+        with pytest.raises(BudgetExhausted) as info:
+            b.acquire(0)
+        assert info.value.reason == "quiet"
+        a.renew()
+        with pytest.raises(BudgetExhausted) as info:
+            b.acquire(2.0)
+        assert info.value.reason == "full"
+        assert zcard(private_redis.url, "q") == 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pool_with_budget_keeps_serving_while_redis_is_down(private_redis) -> None:
+    counter = itertools.count()
+    destroyed: list[int] = []
+    b = RedisBudget(private_redis.url, "pool", 2, lease_ttl=10.0, restart_quiet=0)
+    pool = Pool(
+        lambda: next(counter),
+        destroy=destroyed.append,
+        max_size=5,
+        acquire_timeout=0.5,
+        budget=b,
+        name="budgeted",
+    )
+    try:
+        l1, l2 = pool.get(), pool.get()
+        with pytest.raises(PoolTimeout) as info:
+            pool.get(timeout=1.5)  # the pool may hold 5, the fleet budget only 2
+        assert isinstance(info.value.__cause__, BudgetExhausted)
+        assert pool.stats().size == 2 and pool.stats().budget_status == "ok"
+        l1.release()
+        private_redis.kill()
+        with pool.acquire() as r:  # an idle resource still serves without Redis
+            assert r in (0, 1)
+        wait_for(lambda: b.status() == "unavailable", timeout=10, what="renew notices Redis down")
+        assert pool.stats().budget_status == "unavailable"
+        health = pool.health()
+        assert health.status != "ok" and "budget unavailable" in health.reasons
+        private_redis.start()
+        wait_for(lambda: b.status() == "ok", timeout=10, what="renew reaches Redis again")
+        wait_for(lambda: zcard(private_redis.url, "pool") == 2, timeout=10, what="re-register")
+        l2.release()
+    finally:
+        pool.close()
+        b.close()
+    assert sorted(destroyed) == [0, 1]
