@@ -74,7 +74,7 @@ class SQLiteFactory(DBFactory):
 
     def create(self) -> sqlite3.Connection:
         """Open a connection and apply ``journal_mode``."""
-        conn = sqlite3.connect(
+        conn: sqlite3.Connection = sqlite3.connect(
             self.database,
             timeout=self._timeout,
             isolation_level=self._isolation_level,

@@ -210,7 +210,7 @@ def parse_url(url: str) -> DatabaseURL:
     )
 
 
-_URL_PW = re.compile(r"(://[^:/?#@\s]*:)([^@/\s]*)(@)")
+_URL_PW = re.compile(r"((?:^|://|\s)[^:/?#@\s]*:)([^@/\s]*)(@)")
 _KV_PW = re.compile(
     r"(\b(?:password|passwd|pwd|sslpassword)\s*[=:]\s*)('(?:[^'\\]|\\.)*'|\"[^\"]*\"|[^\s&;,)]+)",
     re.IGNORECASE,
