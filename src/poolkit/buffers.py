@@ -7,7 +7,7 @@ import sys
 import threading
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,20 +23,11 @@ KiB = 1024
 MiB = 1024 * KiB
 
 # Zeroing: a slice copy from a block of zeros is fastest for small buffers, memset for big ones.
-_ZERO_COPY_MAX = 64 * KiB
+_ZERO_COPY_MAX = 32 * KiB
 _ZEROS = memoryview(bytes(_ZERO_COPY_MAX))
-
-
-def _zero(buf: bytearray, n: int) -> None:
-    """Set the first ``n`` bytes of ``buf`` to zero."""
-    if n <= _ZERO_COPY_MAX:
-        buf[:n] = _ZEROS[:n]
-    else:
-        ctypes.memset((ctypes.c_char * n).from_buffer(buf), 0, n)
-
-
-def _refs(obj: object) -> int:
-    return sys.getrefcount(obj)
+memset = ctypes.memset
+c_char = ctypes.c_char
+getrefcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda obj: 0)
 
 
 def _calibrate_refs() -> int:
@@ -44,7 +35,7 @@ def _calibrate_refs() -> int:
     view = memoryview(bytearray(1))[:1]
     base = view.obj
     view.release()
-    return _refs(base)
+    return getrefcount(base)
 
 
 # On CPython a returned buffer nobody else references has exactly this many references in put();
@@ -211,7 +202,7 @@ class BufferPool:
         Fresh buffers are zero-filled; reused ones are zero-filled too when ``clear_on_put``
         is on (otherwise they may hold the previous user's bytes).
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if type(n) is not int or n < 0:
             raise ValueError(f"n ({n!r}) must be an int >= 0")
         sizes = self._sizes
         i = bisect_left(sizes, n)
@@ -221,22 +212,21 @@ class BufferPool:
                 self._news += 1
                 self._oversize += 1
             return memoryview(bytearray(n))
-        buf: bytearray | None = None
+        idle = self._idle[i]
         with self._lock:
             self._gets += 1
-            idle = self._idle[i]
             if idle:
                 buf = idle.pop()[1]
                 self._idle_ids.discard(id(buf))
-                size = sizes[i]
+                size = len(buf)
                 self._class_bytes[i] -= size
                 self._idle_bytes -= size
             else:
                 self._news += 1
+                buf = None
         if buf is None:
             buf = bytearray(sizes[i])
-        view = memoryview(buf)
-        return view if n == len(buf) else view[:n]
+        return memoryview(buf) if n == len(buf) else memoryview(buf)[:n]
 
     def put(self, buf: memoryview | bytearray) -> None:
         """Give back a view from :meth:`get` (or a ``bytearray`` of a class size).
@@ -246,7 +236,7 @@ class BufferPool:
         by evicting older idle buffers. Raises :class:`poolkit.ReleaseError` on a second put
         of the same view or buffer.
         """
-        if isinstance(buf, memoryview):
+        if type(buf) is memoryview:
             try:
                 base = buf.obj
             except ValueError:
@@ -264,7 +254,7 @@ class BufferPool:
             if type(base) is not bytearray:
                 self._count_put(foreign=True)
                 return
-            if _SOLE_REFS is not None and _refs(base) > _SOLE_REFS:
+            if _SOLE_REFS is not None and getrefcount(base) > _SOLE_REFS:
                 self._count_put(in_use=True)
                 return
             array: bytearray = base
@@ -280,39 +270,48 @@ class BufferPool:
         if i is None:
             self._count_put(foreign=True)
             return
+        if size > self._max_class_bytes or size > self._max_bytes:
+            self._count_put(full=True)
+            return
         key = id(array)
         if key in self._idle_ids:
             raise ReleaseError(
                 f"bytearray of {size} bytes at {key:#x} was put back into BufferPool "
                 f"{self._name!r} twice; it is already idle"
             )
-        if size > self._max_class_bytes or size > self._max_bytes:
-            self._count_put(full=True)
-            return
-        cleared = 0
         if self._clear_on_put and used:
-            _zero(array, used)
-            cleared = used
+            if used <= _ZERO_COPY_MAX:
+                array[:used] = _ZEROS[:used]
+            else:
+                memset((c_char * used).from_buffer(array), 0, used)
+        else:
+            used = 0
         with self._lock:
-            self._puts += 1
-            self._cleared_bytes += cleared
             if key in self._idle_ids:
-                self._puts -= 1
                 raise ReleaseError(
                     f"bytearray of {size} bytes at {key:#x} was put back into BufferPool "
                     f"{self._name!r} twice, concurrently"
                 )
-            idle = self._idle[i]
-            while self._class_bytes[i] + size > self._max_class_bytes:
-                self._evict_from(i)
-            while self._idle_bytes + size > self._max_bytes:
-                self._evict_lru()
+            self._puts += 1
+            self._kept += 1
+            self._cleared_bytes += used
+            if (
+                self._class_bytes[i] + size > self._max_class_bytes
+                or self._idle_bytes + size > self._max_bytes
+            ):
+                self._make_room(i, size)
             self._seq += 1
-            idle.append((self._seq, array))
+            self._idle[i].append((self._seq, array))
             self._idle_ids.add(key)
             self._class_bytes[i] += size
             self._idle_bytes += size
-            self._kept += 1
+
+    def _make_room(self, i: int, size: int) -> None:
+        # Caller holds the lock; size fits both bounds on its own.
+        while self._class_bytes[i] + size > self._max_class_bytes:
+            self._evict_from(i)
+        while self._idle_bytes + size > self._max_bytes:
+            self._evict_lru()
 
     def _count_put(
         self, *, foreign: bool = False, in_use: bool = False, full: bool = False
@@ -426,7 +425,7 @@ def to_arrow(view: memoryview | bytearray) -> pyarrow.Buffer:
             ).as_py()
     """
     try:
-        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow as pa
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "poolkit.buffers.to_arrow needs pyarrow: pip install 'poolkit[arrow]'"

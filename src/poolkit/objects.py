@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar
 
 from .errors import ReleaseError
 
@@ -145,37 +145,41 @@ class ObjectPool(Generic[T]):
         error propagates.
         """
         key = id(obj)
-        with self._lock:
-            if key in self._idle_ids:
-                raise ReleaseError(
-                    f"{type(obj).__name__} object at {key:#x} was put back into ObjectPool "
-                    f"{self._name!r} twice; it is already idle (borrow with pool.borrow() to "
-                    "make double puts impossible)"
-                )
-            self._puts += 1
-            if len(self._idle) >= self._max_idle:
+        if key in self._idle_ids:
+            self._double_put(obj, key)
+        if len(self._idle) >= self._max_idle:
+            # Full (checked again under the lock below): skip the reset of a dropped object.
+            with self._lock:
+                self._puts += 1
                 self._dropped += 1
-                return
-        if self._reset is not None:
+            return
+        reset = self._reset
+        if reset is not None:
+            # Outside the lock. Resetting an object that turns out to be already idle (a double
+            # put, refused below) is harmless: idle objects are reset already.
             try:
-                self._reset(obj)
+                reset(obj)
             except BaseException:
                 with self._lock:
+                    self._puts += 1
                     self._reset_errors += 1
                 raise
         with self._lock:
             if key in self._idle_ids:
-                # Another thread put the same object back while this one was resetting it.
-                self._puts -= 1
-                raise ReleaseError(
-                    f"{type(obj).__name__} object at {key:#x} was put back into ObjectPool "
-                    f"{self._name!r} twice, concurrently"
-                )
+                self._double_put(obj, key)
+            self._puts += 1
             if len(self._idle) >= self._max_idle:
                 self._dropped += 1
                 return
             self._idle.append(obj)
             self._idle_ids.add(key)
+
+    def _double_put(self, obj: T, key: int) -> NoReturn:
+        raise ReleaseError(
+            f"{type(obj).__name__} object at {key:#x} was put back into ObjectPool "
+            f"{self._name!r} twice; it is already idle (borrow with pool.borrow() to "
+            "make double puts impossible)"
+        )
 
     @contextmanager
     def borrow(self) -> Iterator[T]:
