@@ -180,7 +180,11 @@ class AsyncRedisBudget:
             self._mark_up()
             res = parse_acquire(reply)
             if isinstance(res, Grant):
-                return self._granted(res)
+                token = self._granted(res)
+                if self._closed:  # closed while the script ran: do not leak the lease
+                    await self.release(token)
+                    raise PoolClosed(f"budget {cfg.name!r} is closed")
+                return token
             last = res
             remaining = _remaining(deadline, 3600.0)
             if remaining <= 0:

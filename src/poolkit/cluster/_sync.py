@@ -196,7 +196,11 @@ class RedisBudget:
             self._mark_up()
             res = parse_acquire(reply)
             if isinstance(res, Grant):
-                return self._granted(res)
+                token = self._granted(res)
+                if self._closed:  # closed while the script ran: do not leak the lease
+                    self.release(token)
+                    raise PoolClosed(f"budget {cfg.name!r} is closed")
+                return token
             last = res
             remaining = self._remaining(deadline, 3600.0)
             if remaining <= 0:
