@@ -30,7 +30,7 @@ EndpointState = Literal["healthy", "ejected", "probing"]
 _URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:\s]*:)[^@\s]*@")
 _KV_SECRET = re.compile(
     r"(?P<pre>\b(?:password|passwd|pwd|secret|token|api_key|apikey|sslpassword)\s*[=:]\s*)"
-    r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,]*)",
+    r"(?:'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,)]*)",
     re.IGNORECASE,
 )
 
@@ -68,7 +68,8 @@ class EndpointSnapshot:
 
 class _Entry:
     __slots__ = (
-        "consecutive",
+        "check_streak",
+        "create_streak",
         "current_weight",
         "ejected_until",
         "ejections",
@@ -92,7 +93,8 @@ class _Entry:
         self.state: EndpointState = "healthy"
         self.in_use = 0
         self.errors = 0
-        self.consecutive = 0
+        self.create_streak = 0
+        self.check_streak = 0
         self.ejections = 0
         self.level = 0
         self.ejected_until = 0.0
@@ -254,31 +256,47 @@ class EndpointPolicy:
             del self._entries[ep_id]
 
     # -- health ---------------------------------------------------------------------------
-    def on_success(self, ep_id: int, now: float) -> bool:
-        """A creation or check on the endpoint succeeded; True if a probe brought it back."""
+    def on_success(self, ep_id: int, now: float, kind: str = "create") -> bool:
+        """A creation (``kind="create"``) or check (``"check"``) succeeded.
+
+        It ends that kind's failure streak (a fresh connection does not vouch for a
+        failing health check). Returns True if a probe brought the endpoint back.
+        """
         entry = self._entries.get(ep_id)
         if entry is None:
             return False
-        entry.consecutive = 0
+        if kind == "check":
+            entry.check_streak = 0
+        else:
+            entry.create_streak = 0
         if entry.state == "probing":
             entry.state = "healthy"
             entry.probing = False
+            entry.create_streak = entry.check_streak = 0
             entry.rejoined_at = now
             entry.current_weight = 0.0
             self._rebuild()
             return True
         return False
 
-    def on_failure(self, ep_id: int, now: float, error: str) -> bool:
-        """A creation or check failed with ``error`` (already redacted); True if it ejected now."""
+    def on_failure(self, ep_id: int, now: float, error: str, kind: str = "create") -> bool:
+        """A creation or check failed with ``error`` (already redacted); True if it ejected now.
+
+        ``failure_threshold`` failures of one kind in a row eject a healthy endpoint; any
+        failure of a probe ejects it again.
+        """
         entry = self._entries.get(ep_id)
         if entry is None:
             return False
         entry.errors += 1
-        entry.consecutive += 1
+        if kind == "check":
+            entry.check_streak += 1
+        else:
+            entry.create_streak += 1
         entry.last_error = error
+        streak = max(entry.create_streak, entry.check_streak)
         if entry.state == "probing" or (
-            entry.state == "healthy" and entry.consecutive >= self.failure_threshold
+            entry.state == "healthy" and streak >= self.failure_threshold
         ):
             self._eject(entry, now)
             return True
@@ -336,7 +354,7 @@ class EndpointPolicy:
             state=e.state,
             in_use=e.in_use,
             errors_total=e.errors,
-            consecutive_failures=e.consecutive,
+            consecutive_failures=max(e.create_streak, e.check_streak),
             ejections_total=e.ejections,
             ejected_for_s=max(0.0, e.ejected_until - now) if e.state == "ejected" else None,
             last_error=e.last_error,
