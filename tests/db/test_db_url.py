@@ -76,7 +76,7 @@ def test_scrub_exception_walks_the_chain() -> None:
 
 
 def test_asyncio_only_and_sync_only_schemes_say_what_to_use() -> None:
-    with pytest.raises(ValueError, match="asyncio-only; use poolkit.db.AsyncDBPool"):
+    with pytest.raises(ValueError, match=r"asyncio-only; use poolkit\.db\.AsyncDBPool"):
         factory_from_url("postgresql+asyncpg://u:pw@h/d")
     with pytest.raises(ValueError, match="no asyncio driver") as info:
         async_factory_from_url("sqlite:///app.db")
