@@ -1,0 +1,215 @@
+"""Keyed and endpoint pools against real PostgreSQL: the global cap seen server-side, failover."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+
+from helpers import wait_for
+from poolkit.endpoints import Endpoint, EndpointPool
+from poolkit.keyed import KeyedPool
+from servers import PrivatePostgres
+
+DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+
+
+def is_broken(conn: psycopg.Connection[Any], exc: BaseException | None) -> bool:
+    return conn.closed or conn.broken or isinstance(exc, (OSError, psycopg.OperationalError))
+
+
+class Sampler:
+    """Counts this test's backends in pg_stat_activity, on its own connection, until stopped."""
+
+    def __init__(self, prefix: str, interval: float = 0.01) -> None:
+        self.prefix = prefix
+        self.interval = interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._conn = psycopg.connect(DSN, autocommit=True, application_name="keyed-sampler")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            (n,) = self._conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE starts_with(application_name, %s)",
+                (self.prefix,),
+            ).fetchone()  # type: ignore[misc]
+            self.samples.append(n)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._conn.close()
+
+
+@pytest.mark.postgres
+def test_keyed_pool_50_keys_64_threads_never_more_than_max_total_open() -> None:
+    prefix = f"pk-keyed-{os.getpid()}-"
+    keys = [f"{prefix}{i:02d}" for i in range(50)]
+    served = Counter[str]()
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    per_thread = 12
+
+    def connect(app: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(DSN, autocommit=True, application_name=app, connect_timeout=10)
+
+    pool: KeyedPool[str, psycopg.Connection[Any]] = KeyedPool(
+        connect,
+        destroy=lambda c: c.close(),
+        is_broken=is_broken,
+        max_per_key=4,
+        max_total=20,
+        acquire_timeout=60.0,
+        name="pg-tenants",
+    )
+    with Sampler(prefix) as sampler, pool:
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(per_thread):
+                    # hot keys and a long tail: some keys reuse, most evict
+                    key = keys[(n * 7 + i * 13) % (10 if i % 3 else 50)]
+                    with pool.acquire(key) as conn:
+                        (app,) = conn.execute("SHOW application_name").fetchone()  # type: ignore[misc]
+                        assert app == key
+                    with lock:
+                        served[key] += 1
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(64)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(80)
+        stats = pool.stats()
+    assert not failures, failures[:3]
+    assert sum(served.values()) == 64 * per_thread
+    assert len(sampler.samples) > 5
+    assert max(sampler.samples) <= 20, f"server saw {max(sampler.samples)} connections"
+    assert max(sampler.samples) >= 10  # the test did load the server
+    assert stats.evictions_total > 0
+    assert stats.size <= 20
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_endpoint_pool_kill_one_replica_under_load_then_rejoin(postgres_binaries: None) -> None:
+    servers = [PrivatePostgres() for _ in range(3)]
+    try:
+        run_failover_scenario(servers)
+    finally:
+        for pg in servers:
+            pg.cleanup()
+
+
+def run_failover_scenario(servers: list[PrivatePostgres]) -> None:
+    names = [f"pg{i}" for i in range(3)]
+    victim = "pg2"
+
+    def connect(dsn: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=3)
+
+    pool: EndpointPool[str, psycopg.Connection[Any]] = EndpointPool(
+        connect,
+        [Endpoint(pg.dsn, name=name) for pg, name in zip(servers, names, strict=True)],
+        destroy=lambda c: c.close(),
+        is_broken=is_broken,
+        strategy="round_robin",
+        max_per_endpoint=4,
+        failure_threshold=2,
+        base_backoff=1.0,
+        max_backoff=8.0,
+        acquire_timeout=20.0,
+        drain_timeout=1.0,
+        name="replicas",
+    )
+    lock = threading.Lock()
+    # (borrow started at, endpoint) for served requests; (started at, endpoint, error) for failures
+    served: list[tuple[float, str]] = []
+    failed: list[tuple[float, str, BaseException]] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        for _ in range(5000):
+            if stop.is_set():
+                return
+            started = time.monotonic()
+            endpoint = "?"
+            try:
+                with pool.get() as conn:
+                    lease_ep = pool_lease_endpoint(conn)
+                    endpoint = lease_ep
+                    conn.execute("SELECT 1")
+                with lock:
+                    served.append((started, endpoint))
+            except BaseException as exc:
+                with lock:
+                    failed.append((started, endpoint, exc))
+            stop.wait(0.002)
+
+    def pool_lease_endpoint(conn: psycopg.Connection[Any]) -> str:
+        port = conn.info.port
+        return names[[pg.port for pg in servers].index(port)]
+
+    def state(name: str) -> str:
+        return next(e.state for e in pool.stats().endpoints if e.name == name)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(16)]
+    with pool:
+        for th in threads:
+            th.start()
+        wait_for(lambda: len(served) >= 200, timeout=30, what="warm-up load")
+        before_kill = Counter(ep for _, ep in served)
+        assert set(before_kill) == set(names)
+        victim_conns = next(e.size for e in pool.stats().endpoints if e.name == victim)
+
+        servers[2].kill()
+        wait_for(lambda: state(victim) == "ejected", timeout=20, what="ejection")
+        ejected_seen = time.monotonic()
+        count_at_ejection = len(served)
+        wait_for(lambda: len(served) >= count_at_ejection + 300, timeout=30, what="load after")
+
+        # restart: it is probed and rejoins within its (remaining) backoff period
+        servers[2].start()
+        restarted = time.monotonic()
+        snap = next(e for e in pool.stats().endpoints if e.name == victim)
+        backoff_left = snap.ejected_for_s if snap.ejected_for_s is not None else 0.0
+        wait_for(lambda: state(victim) == "healthy", timeout=30, what="rejoin")
+        rejoined = time.monotonic()
+        count_at_rejoin = len(served)
+        wait_for(
+            lambda: sum(1 for _, ep in served[count_at_rejoin:] if ep == victim) >= 20,
+            timeout=30,
+            what="traffic back on the restarted replica",
+        )
+        stop.set()
+        for th in threads:
+            th.join(30)
+        stats = pool.stats()
+
+    # after the ejection was seen, no borrow went to the killed replica
+    late = [ep for t, ep in served if ejected_seen < t < restarted and ep == victim]
+    assert late == []
+    # nothing failed beyond the requests in flight on the victim's connections at the kill
+    assert all(ep in (victim, "?") for _, ep, _ in failed), failed[:3]
+    assert len(failed) <= max(victim_conns, 4), [repr(e) for _, _, e in failed[:5]]
+    assert not any(isinstance(e, TimeoutError) for _, _, e in failed)
+    # rejoined within its backoff period (plus a connect and a borrow's worth of slack)
+    assert rejoined - restarted <= backoff_left + 3.0, (rejoined - restarted, backoff_left)
+    ev = next(e for e in stats.endpoints if e.name == victim)
+    assert ev.ejections_total >= 1 and ev.errors_total >= 2
+    assert ev.last_error is not None and "password" not in ev.last_error
+    assert stats.healthy == 3
