@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Generic, NoReturn, TypeVar
 
 from .errors import ReleaseError
@@ -51,6 +51,29 @@ class ObjectPoolStats:
     def kept(self) -> int:
         """Number of ``put()`` calls whose object went back to the idle list."""
         return self.puts - self.dropped - self.reset_errors
+
+
+class _Borrowed(Generic[T]):
+    """The context manager returned by :meth:`ObjectPool.borrow` (cheaper than a generator)."""
+
+    __slots__ = ("_obj", "_pool")
+
+    def __init__(self, pool: ObjectPool[T]) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> T:
+        self._obj = obj = self._pool.get()
+        return obj
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        obj = self._obj
+        del self._obj
+        self._pool.put(obj)
 
 
 class ObjectPool(Generic[T]):
@@ -181,14 +204,9 @@ class ObjectPool(Generic[T]):
             "make double puts impossible)"
         )
 
-    @contextmanager
-    def borrow(self) -> Iterator[T]:
+    def borrow(self) -> _Borrowed[T]:
         """Lend an object for the ``with`` block and put it back afterwards, even on error."""
-        obj = self.get()
-        try:
-            yield obj
-        finally:
-            self.put(obj)
+        return _Borrowed(self)
 
     def prefill(self, count: int) -> int:
         """Create objects until ``count`` (capped at ``max_idle``) are idle; return how many."""

@@ -131,6 +131,7 @@ class WorkerPool(Executor, Generic[R]):
         self._queue: deque[_WorkItem] = deque()
         self._threads: list[threading.Thread] = []
         self._idle_workers = 0
+        self._blocked_submitters = 0
         self._shutdown = False
         self._running = 0
         self._submitted = 0
@@ -186,7 +187,11 @@ class WorkerPool(Executor, Generic[R]):
                             f"{self._name!r}: task queue stayed full ({self._max_queued} "
                             f"queued) for {timeout}s; raise max_queued or submit_timeout"
                         )
-                    self._not_full.wait(remaining)
+                    self._blocked_submitters += 1
+                    try:
+                        self._not_full.wait(remaining)
+                    finally:
+                        self._blocked_submitters -= 1
                 if self._shutdown:
                     raise RuntimeError(f"cannot schedule new tasks after {self._name!r} shut down")
             self._queue.append(item)
@@ -201,7 +206,8 @@ class WorkerPool(Executor, Generic[R]):
                     daemon=True,
                 )
                 self._threads.append(thread)
-            self._not_empty.notify()
+            if self._idle_workers:
+                self._not_empty.notify()
         if spawn:
             thread.start()
         return future
@@ -209,8 +215,18 @@ class WorkerPool(Executor, Generic[R]):
     def _work(self) -> None:
         pool = self._pool
         timeout = self._acquire_timeout
+        outcome = -1  # of the previous task: 0 completed, 1 failed, 2 cancelled, -1 none
         while True:
             with self._lock:
+                # Count the previous task here, in the same lock section as the next dequeue.
+                if outcome >= 0:
+                    self._running -= 1
+                    if outcome == 0:
+                        self._completed += 1
+                    elif outcome == 1:
+                        self._failed += 1
+                    else:
+                        self._cancelled += 1
                 while not self._queue and not self._shutdown:
                     self._idle_workers += 1
                     self._not_empty.wait()
@@ -218,10 +234,11 @@ class WorkerPool(Executor, Generic[R]):
                 if not self._queue:
                     return
                 item = self._queue.popleft()
-                self._not_full.notify()
+                if self._blocked_submitters:
+                    self._not_full.notify()
                 self._running += 1
             future = item.future
-            outcome = 0  # 0 = completed, 1 = failed, 2 = cancelled
+            outcome = 0
             if not future.set_running_or_notify_cancel():
                 outcome = 2
             else:
@@ -231,17 +248,11 @@ class WorkerPool(Executor, Generic[R]):
                 except BaseException as exc:
                     future.set_exception(exc)
                     outcome = 1
+                    del exc
                 else:
                     future.set_result(result)
+                    del result
             del item, future
-            with self._lock:
-                self._running -= 1
-                if outcome == 0:
-                    self._completed += 1
-                elif outcome == 1:
-                    self._failed += 1
-                else:
-                    self._cancelled += 1
 
     def map(
         self,
