@@ -30,7 +30,9 @@ def mysql_admin() -> Iterator[Any]:
     """An autocommit PyMySQL connection to the machine's MariaDB."""
     import pymysql
 
-    conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", db="test", autocommit=True)
+    conn = pymysql.connect(
+        host="127.0.0.1", port=3306, user="root", database="test", autocommit=True
+    )
     try:
         yield conn
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -346,10 +347,8 @@ def test_async_cancellation_never_desyncs(url: str) -> None:
                 task = asyncio.ensure_future(one(i))
                 await asyncio.sleep(rng.random() * 0.02)
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
                 assert await db.fetchone(q1, (i,)) == (i,)
             s = db.stats()
             assert s.in_use == 0 and s.created_total - s.destroyed_total == s.size

@@ -44,7 +44,7 @@ def mysql_connect_kwargs(url: DatabaseURL) -> dict[str, Any]:
     if url.password is not None:
         kwargs["password"] = url.password
     if url.database:
-        kwargs["db"] = url.database
+        kwargs["database"] = url.database
     for key, value in url.query.items():
         kwargs[key] = int(value) if key.endswith("timeout") and value.isdigit() else value
     return kwargs
@@ -117,8 +117,8 @@ class PyMySQLFactory(_MySQLCommon, DBFactory):
         **connect_kwargs: Any,
     ) -> None:
         self._driver = import_driver("pymysql")
-        if "database" in connect_kwargs:
-            connect_kwargs["db"] = connect_kwargs.pop("database")
+        if "db" in connect_kwargs:
+            connect_kwargs["database"] = connect_kwargs.pop("db")
         label, secrets = self._prepare(connect_kwargs, autocommit)
         self._keepalive = keepalive
         self._setup(
