@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from poolkit.http._models import (
     IDEMPOTENT_METHODS,
+    ConnectTimeout,
     Headers,
     Origin,
     ProtocolError,
@@ -23,6 +24,7 @@ __all__ = [
     "AsyncHTTPPool",
     "AsyncPoolkitTransport",
     "AsyncStreamResponse",
+    "ConnectTimeout",
     "HTTPPool",
     "Headers",
     "Origin",

@@ -17,6 +17,7 @@ import h11
 from poolkit.http._models import (
     DEFAULT_TLS,
     IDEMPOTENT_METHODS,
+    ConnectTimeout,
     Headers,
     HeadersInput,
     Origin,
@@ -55,8 +56,9 @@ class _Conn(asyncio.Protocol):
     which is the readability check, paid for by the loop instead of a syscall per borrow.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
         self.loop = loop
+        self.origin = origin
         self.h11 = h11.Connection(h11.CLIENT)
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -374,7 +376,11 @@ class AsyncHTTPPool:
         self.name = name
 
     async def _create(self, origin: Origin) -> _Conn:
-        loop = asyncio.get_running_loop()
+        # an unconnected connection: the borrower connects it (see _connect)
+        return _Conn(asyncio.get_running_loop(), origin)
+
+    async def _connect(self, conn: _Conn) -> None:
+        origin = conn.origin
         ctx: ssl.SSLContext | None = None
         server_hostname: str | None = None
         if origin.tls is not None:
@@ -382,16 +388,18 @@ class AsyncHTTPPool:
             if ctx is None:
                 ctx = self._contexts[origin.tls] = origin.tls.context()
             server_hostname = origin.tls.server_hostname or origin.host
-        coro = loop.create_connection(
-            lambda: _Conn(loop),
+        coro = conn.loop.create_connection(
+            lambda: conn,
             origin.host,
             origin.port,
             ssl=ctx,
             server_hostname=server_hostname,
         )
         timeout = self._settings.connect_timeout
-        _, conn = await (asyncio.wait_for(coro, timeout) if timeout is not None else coro)
-        return conn
+        try:
+            await (asyncio.wait_for(coro, timeout) if timeout is not None else coro)
+        except asyncio.TimeoutError as exc:
+            raise ConnectTimeout(f"connecting to {origin!r} timed out") from exc
 
     def _origin(self, scheme: str, host: str, port: int, tls: TLSConfig | None) -> Origin:
         tls_key = (tls or self._tls) if scheme == "https" else None
@@ -433,6 +441,8 @@ class AsyncHTTPPool:
                 continue
             timer = None
             try:
+                if conn.transport is None:
+                    await self._connect(conn)
                 conn.busy = True
                 if timeout is not None:
                     timer = conn.loop.call_later(timeout, conn.timed_out)

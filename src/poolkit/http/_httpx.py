@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -11,6 +13,7 @@ import httpx
 
 from poolkit.errors import PoolClosed, PoolTimeout, ResourceCreationError
 from poolkit.http._async import AsyncHTTPPool, AsyncStreamResponse
+from poolkit.http._models import ConnectTimeout
 from poolkit.http._sync import HTTPPool, StreamResponse
 
 __all__ = ["AsyncPoolkitTransport", "PoolkitTransport"]
@@ -52,10 +55,12 @@ def _map_error(exc: BaseException) -> BaseException:
         return httpx.ConnectError(str(cause or exc))
     if isinstance(exc, PoolClosed):
         return RuntimeError(f"the poolkit HTTP pool is closed: {exc}")
+    if isinstance(exc, ConnectTimeout):
+        return httpx.ConnectTimeout(str(exc))
+    if isinstance(exc, (ConnectionRefusedError, ssl.SSLError, socket.gaierror)):
+        return httpx.ConnectError(str(exc) or type(exc).__name__)
     if isinstance(exc, TimeoutError):
         return httpx.ReadTimeout(str(exc) or "timed out")
-    if isinstance(exc, ConnectionRefusedError):
-        return httpx.ConnectError(str(exc))
     if isinstance(exc, http.client.HTTPException):
         return httpx.RemoteProtocolError(str(exc) or type(exc).__name__)
     if isinstance(exc, OSError):

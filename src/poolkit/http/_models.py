@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "ConnectTimeout",
     "Headers",
     "HeadersInput",
     "Origin",
@@ -39,6 +40,18 @@ class ProtocolError(http.client.HTTPException):
             await pool.request("GET", url)
         except poolkit.http.ProtocolError as exc:
             log.warning("bad response: %s", exc)
+    """
+
+
+class ConnectTimeout(TimeoutError):
+    """Opening the TCP connection or the TLS handshake took longer than ``connect_timeout``.
+
+    Example::
+
+        try:
+            pool.request("GET", url)
+        except poolkit.http.ConnectTimeout:
+            ...  # the server is unreachable; the request was never sent
     """
 
 

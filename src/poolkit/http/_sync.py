@@ -14,6 +14,7 @@ from typing import Any
 from poolkit.http._models import (
     DEFAULT_TLS,
     IDEMPOTENT_METHODS,
+    ConnectTimeout,
     Headers,
     HeadersInput,
     Origin,
@@ -44,17 +45,40 @@ _STALE_ERRORS = (
 
 
 class _Conn:
-    """One TCP (+TLS) connection driven by ``http.client.HTTPConnection``."""
+    """One TCP (+TLS) connection driven by ``http.client.HTTPConnection``.
 
-    __slots__ = ("http", "origin", "poller", "requests", "sock", "timeout")
+    The pool creates it unconnected (that never fails); the borrower connects it on first
+    use, so a refused connection or a bad certificate reaches that caller at once instead
+    of being retried by the pool until the acquire timeout.
+    """
+
+    __slots__ = ("ctx", "http", "origin", "poller", "requests", "sock", "timeout")
 
     def __init__(self, origin: Origin, ctx: ssl.SSLContext | None, connect_timeout: float | None):
-        sock = socket.create_connection((origin.host, origin.port), timeout=connect_timeout)
+        self.origin = origin
+        self.ctx = ctx
+        self.timeout = connect_timeout
+        self.requests = 0
+        self.sock: Any = None
+        self.http: Any = None
+        self.poller: Any = None
+
+    def connect(self) -> None:
+        """Open the TCP connection and run the TLS handshake (verifying the server)."""
+        origin = self.origin
+        try:
+            sock = socket.create_connection((origin.host, origin.port), timeout=self.timeout)
+        except TimeoutError as exc:
+            raise ConnectTimeout(f"connecting to {origin!r} timed out") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if ctx is not None:
+            if self.ctx is not None:
                 tls = origin.tls or DEFAULT_TLS
-                sock = ctx.wrap_socket(sock, server_hostname=tls.server_hostname or origin.host)
+                name = tls.server_hostname or origin.host
+                try:
+                    sock = self.ctx.wrap_socket(sock, server_hostname=name)
+                except TimeoutError as exc:
+                    raise ConnectTimeout(f"TLS handshake with {origin!r} timed out") from exc
         except BaseException:
             sock.close()
             raise
@@ -63,9 +87,6 @@ class _Conn:
         conn.auto_open = 0  # never reconnect behind the pool's back
         self.http = conn
         self.sock = sock
-        self.origin = origin
-        self.timeout = connect_timeout
-        self.requests = 0
         self.poller = select.poll()
         self.poller.register(sock.fileno(), _POLLIN_ANY)
 
@@ -79,8 +100,10 @@ class _Conn:
         return not self.poller.poll(0)
 
     def close(self) -> None:
-        self.http.close()
-        self.sock.close()
+        if self.http is not None:
+            self.http.close()
+        if self.sock is not None:
+            self.sock.close()
 
 
 def _close(conn: _Conn) -> None:
@@ -295,6 +318,8 @@ class HTTPPool:
                     pool.close_idle(origin)
                 continue
             try:
+                if conn.sock is None:
+                    conn.connect()
                 if conn.timeout != timeout:
                     conn.sock.settimeout(timeout)
                     conn.timeout = timeout
