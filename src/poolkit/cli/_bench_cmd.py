@@ -25,6 +25,7 @@ from poolkit.cli.bench import (
     RunResult,
     build_report,
     default_out_dir,
+    fmt_ms,
     recommend,
     sweep,
     write_chart,
@@ -67,7 +68,9 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         if args.sql:
             raise CLIError("--sql needs a database TARGET; the embedded default has its own query")
-        targets = embedded_targets(args.http_work_ms / 1000.0, args.http_setup_ms / 1000.0)
+        targets = embedded_targets(
+            args.http_work_ms / 1000.0, args.http_setup_ms / 1000.0, args.http_workers
+        )
     try:
         for target in targets:
             target.probe()
@@ -117,19 +120,15 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def _table(target: Target, results: Sequence[RunResult], config: BenchConfig) -> Table:
     table = Table(title=f"{target.label}  ({target.description})", title_justify="left")
-    table.add_column("concurrency", justify="right")
-    table.add_column("pool", justify="right")
+    table.add_column("threads", justify="right")
+    table.add_column("pool size", justify="right")
     table.add_column("req/s", justify="right")
     table.add_column("p50 ms", justify="right")
     table.add_column("p99 ms", justify="right")
-    table.add_column("vs no pool", justify="right")
-    table.add_column("conns opened", justify="right")
+    table.add_column("speedup", justify="right")
+    table.add_column("conns", justify="right")
     table.add_column("errors", justify="right")
     for c in config.concurrency:
         rec = recommend(results, c)
@@ -148,8 +147,8 @@ def _table(target: Target, results: Sequence[RunResult], config: BenchConfig) ->
                 str(c),
                 (f"{r.pool_size}" + (" *" if picked else "")) if pooled else "no pool",
                 f"{r.throughput_rps:,.0f}",
-                _fmt_ms(r.p50_ms),
-                _fmt_ms(r.p99_ms),
+                fmt_ms(r.p50_ms),
+                fmt_ms(r.p99_ms),
                 ratio,
                 str(r.connections_opened),
                 str(r.errors) if r.errors else "",

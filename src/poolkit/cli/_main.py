@@ -180,16 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--http-work-ms",
         type=_millis,
-        default=0.5,
+        default=2.0,
         metavar="MS",
-        help="embedded HTTP server: work per request (default 0.5)",
+        help="embedded HTTP server: work per request (default 2)",
+    )
+    bench.add_argument(
+        "--http-workers",
+        type=_count,
+        default=4,
+        metavar="N",
+        help="embedded HTTP server: requests it works on at once (default 4)",
     )
     bench.add_argument(
         "--http-setup-ms",
         type=_millis,
-        default=3.0,
+        default=5.0,
         metavar="MS",
-        help="embedded HTTP server: cost of a new connection, like a TLS handshake (default 3)",
+        help="embedded HTTP server: cost of a new connection, like a TLS handshake (default 5)",
     )
 
     demo = sub.add_parser(

@@ -17,6 +17,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive unless the client says otherwise
     server_version = "poolkit-embedded/1"
     timeout = 30.0  # an idle keep-alive connection is dropped after this
+    disable_nagle_algorithm = True  # small replies go out at once, not after a delayed ACK
+    wbufsize = 64 * 1024  # the base class flushes after each request
     server: _Server
 
     def setup(self) -> None:
@@ -38,7 +40,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(400, {"error": f"ms ({query['ms'][0]!r}) must be a number"})
                 return
         if work_s > 0:
-            time.sleep(work_s)  # the backend's own work: a cache lookup, a small query
+            # The backend's own work (a cache lookup, a small query), on one of its
+            # `capacity` workers: like a real service, it serves only so many at once.
+            with self.server.workers:
+                time.sleep(work_s)
         with self.server.counts_lock:
             self.server.requests += 1
             n = self.server.requests
@@ -50,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body)  # buffered: headers and body leave in one write per reply
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request access log."""
@@ -61,9 +66,10 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, work_s: float, setup_s: float) -> None:
+    def __init__(self, host: str, port: int, work_s: float, setup_s: float, capacity: int) -> None:
         self.work_s = work_s
         self.setup_s = setup_s
+        self.workers = threading.BoundedSemaphore(capacity)
         self.counts_lock = threading.Lock()
         self.connections = 0
         self.requests = 0
@@ -78,7 +84,8 @@ class EmbeddedHTTPServer:
 
     Each new connection costs ``setup_s`` (a stand-in for a TLS handshake and session set-up)
     and each request ``work_s`` (the backend's work), unless the request asks for
-    ``?ms=N``. It answers ``GET`` on any path with a small JSON body.
+    ``?ms=N``; at most ``capacity`` requests work at once (the backend's workers or cores),
+    the others queue. It answers ``GET`` on any path with a small JSON body.
 
     Example::
 
@@ -96,12 +103,16 @@ class EmbeddedHTTPServer:
         port: int = 0,
         work_s: float = 0.0005,
         setup_s: float = 0.003,
+        capacity: int = 4,
     ) -> None:
         if work_s < 0:
             raise ValueError(f"work_s ({work_s!r}) must be >= 0")
         if setup_s < 0:
             raise ValueError(f"setup_s ({setup_s!r}) must be >= 0")
-        self._server = _Server(host, port, work_s, setup_s)
+        if not 1 <= capacity <= 10_000:
+            raise ValueError(f"capacity ({capacity!r}) must be between 1 and 10000")
+        self.capacity = capacity
+        self._server = _Server(host, port, work_s, setup_s, capacity)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

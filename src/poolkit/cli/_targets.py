@@ -15,9 +15,11 @@ import sqlite3
 import ssl
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+from poolkit import NullPool, Pool
 from poolkit.cli._errors import CLIError
 from poolkit.cli._server import EmbeddedHTTPServer
 
@@ -44,7 +46,11 @@ def redact_url(url: str) -> str:
 
 
 class Target(ABC):
-    """Something to benchmark: ``connect()`` a connection, ``request(conn)``, ``close(conn)``."""
+    """Something to benchmark: open a connection, run one request on it, close it.
+
+    ``open_pool`` builds what the bench borrows from: a ``poolkit.Pool`` (pooled) or a
+    ``poolkit.NullPool`` (a new connection per request) over the same factory.
+    """
 
     kind: str = "target"
 
@@ -53,115 +59,69 @@ class Target(ABC):
         self.description = description
 
     @abstractmethod
-    def connect(self) -> Any:
-        """Open one connection (this is what pooling saves)."""
-
-    @abstractmethod
     def request(self, conn: Any) -> None:
         """Run one request on an open connection."""
 
     @abstractmethod
-    def close(self, conn: Any) -> None:
-        """Close a connection."""
+    def open_pool(
+        self, *, pooled: bool, max_size: int, name: str
+    ) -> tuple[Pool[Any], Callable[[], None]]:
+        """Return the pool to borrow from and the function that closes it."""
 
-    def is_broken(self, conn: Any, exc: BaseException | None) -> bool:
-        """A connection is not reused after any error raised while using it."""
-        return exc is not None
-
+    @abstractmethod
     def probe(self) -> None:
         """Open a connection and run one request, turning failure into a one-line CLIError."""
-        try:
-            conn = self.connect()
-        except Exception as exc:
-            raise CLIError(f"cannot connect to {self.label}: {_one_line(exc)}") from None
-        try:
-            self.request(conn)
-        except Exception as exc:
-            raise CLIError(f"a request to {self.label} failed: {_one_line(exc)}") from None
-        finally:
-            with contextlib.suppress(Exception):
-                self.close(conn)
 
     def cleanup(self) -> None:  # noqa: B027 - most targets hold nothing of their own
         """Release what the target itself holds (temporary files, servers)."""
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    for secret in secrets:
+        text = text.replace(secret, "***")
     return text if len(text) <= 300 else text[:297] + "..."
 
 
 class DatabaseTarget(Target):
-    """A database reached through its DB-API driver; one request runs ``sql`` and fetches."""
+    """A database reached through ``poolkit.db``; one request runs ``sql`` and fetches the rows.
+
+    Pooled runs use ``poolkit.db.DBPool`` and unpooled runs a ``poolkit.NullPool`` over the
+    same driver factory (``poolkit.db.factory_from_url``), so both pay the same checks and
+    resets and differ only in reuse.
+    """
 
     kind = "database"
 
     def __init__(self, url: str, sql: str | None = None, *, label: str | None = None) -> None:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower().split("+", 1)[0]
-        if scheme not in DB_SCHEMES:
+        from poolkit.db import parse_url
+
+        try:
+            self.url = parse_url(url)
+        except (TypeError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
+        if self.url.sync_driver is None:
             raise CLIError(
-                f"unsupported database URL scheme {parts.scheme!r} in {redact_url(url)!r}"
+                f"{self.url.scheme}:// is asyncio-only; use the plain scheme "
+                f"(e.g. {self.url.backend}://...) to benchmark it"
             )
-        self.url = url
-        self.backend = {"postgres": "postgresql", "mariadb": "mysql"}.get(scheme, scheme)
-        self._parts = parts
         self.sql = sql or "SELECT 1"
-        super().__init__(label or redact_url(url), f"{self.backend}: {self.sql}")
-        self._connect = self._connector()
+        super().__init__(label or str(self.url), f"{self.url.backend}: {self.sql}")
 
-    def _connector(self) -> Any:
-        p = self._parts
-        if self.backend in ("sqlite", "duckdb"):
-            path = unquote(p.path[1:] if p.path.startswith("/") else p.path) or ":memory:"
-            if self.backend == "sqlite":
-                return lambda: _sqlite_connect(path)
-            try:
-                import duckdb
-            except ImportError:
-                raise CLIError(
-                    "duckdb targets need the duckdb package: pip install duckdb"
-                ) from None
-            return lambda: duckdb.connect(path)
-        try:
-            port = p.port
-        except ValueError:
-            raise CLIError(f"invalid port in {redact_url(self.url)!r}") from None
-        if not p.hostname:
-            raise CLIError(f"no host in {redact_url(self.url)!r}")
-        user = unquote(p.username) if p.username else None
-        password = unquote(p.password) if p.password else None
-        database = unquote(p.path.lstrip("/")) or None
-        if self.backend == "postgresql":
-            try:
-                import psycopg
-            except ImportError:
-                raise CLIError(
-                    "postgresql targets need psycopg: pip install 'psycopg[binary]'"
-                ) from None
-            kwargs: dict[str, Any] = {"host": p.hostname, "port": port or 5432, "autocommit": True}
-            if user:
-                kwargs["user"] = user
-            if password:
-                kwargs["password"] = password
-            if database:
-                kwargs["dbname"] = database
-            return lambda: psycopg.connect(connect_timeout=5, **kwargs)
-        try:
-            import pymysql
-        except ImportError:
-            raise CLIError("mysql targets need PyMySQL: pip install PyMySQL") from None
-        mkwargs: dict[str, Any] = {"host": p.hostname, "port": port or 3306, "autocommit": True}
-        if user:
-            mkwargs["user"] = user
-        if password:
-            mkwargs["password"] = password
-        if database:
-            mkwargs["database"] = database
-        return lambda: pymysql.connect(connect_timeout=5, **mkwargs)
+    def factory(self) -> Any:
+        """A fresh driver factory for this URL."""
+        from poolkit.db import factory_from_url
 
-    def connect(self) -> Any:
-        return self._connect()
+        try:
+            return factory_from_url(self.url)
+        except ImportError as exc:
+            raise CLIError(f"{self.url.backend} targets need a driver: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise CLIError(f"bad database URL {str(self.url)!r}: {exc}") from None
+
+    def params(self) -> tuple[Any, ...] | None:
+        """Parameters for the next request's statement (None: the statement takes none)."""
+        return None
 
     def request(self, conn: Any) -> None:
         cur = conn.cursor()
@@ -175,20 +135,45 @@ class DatabaseTarget(Target):
         finally:
             cur.close()
 
-    def params(self) -> tuple[Any, ...] | None:
-        """Parameters for the next request's statement (None: the statement takes none)."""
-        return None
+    def open_pool(
+        self, *, pooled: bool, max_size: int, name: str
+    ) -> tuple[Pool[Any], Callable[[], None]]:
+        from poolkit.db import DBPool
 
-    def close(self, conn: Any) -> None:
-        conn.close()
+        factory = self.factory()
+        if pooled:
+            db = DBPool(factory, max_size=max_size, acquire_timeout=30.0, name=name)
+            return db.pool, db.close
+        null: Pool[Any] = NullPool(factory, max_size=max_size, acquire_timeout=30.0, name=name)
 
+        def close() -> None:
+            null.close()
+            factory.close()
 
-def _sqlite_connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=5.0)
-    # What applications typically set on every new connection.
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
+        return null, close
+
+    def probe(self) -> None:
+        factory = self.factory()
+        secrets = self.url.secrets()
+        try:
+            try:
+                conn = factory.create()
+            except Exception as exc:
+                raise CLIError(
+                    f"cannot connect to {self.label}: {_one_line(exc, secrets)}"
+                ) from None
+            try:
+                self.request(conn)
+            except Exception as exc:
+                raise CLIError(
+                    f"a request to {self.label} failed: {_one_line(exc, secrets)}"
+                ) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    factory.destroy(conn)
+        finally:
+            with contextlib.suppress(Exception):
+                factory.close()
 
 
 class EmbeddedSQLiteTarget(DatabaseTarget):
@@ -270,19 +255,46 @@ class HTTPTarget(Target):
         conn.close()
 
     def is_broken(self, conn: Any, exc: BaseException | None) -> bool:
+        """Any error, or a server that said ``Connection: close``, ends the connection."""
         # http.client drops the socket when the server said "Connection: close".
         return exc is not None or getattr(conn, "sock", None) is None
+
+    def open_pool(
+        self, *, pooled: bool, max_size: int, name: str
+    ) -> tuple[Pool[Any], Callable[[], None]]:
+        cls = Pool if pooled else NullPool
+        pool: Pool[Any] = cls(
+            self.connect,
+            destroy=self.close,
+            is_broken=self.is_broken,
+            max_size=max_size,
+            acquire_timeout=30.0,
+            name=name,
+        )
+        return pool, pool.close
+
+    def probe(self) -> None:
+        try:
+            conn = self.connect()
+        except Exception as exc:
+            raise CLIError(f"cannot connect to {self.label}: {_one_line(exc)}") from None
+        try:
+            self.request(conn)
+        except Exception as exc:
+            raise CLIError(f"a request to {self.label} failed: {_one_line(exc)}") from None
+        finally:
+            self.close(conn)
 
 
 class EmbeddedHTTPTarget(HTTPTarget):
     """The embedded local server: ``work_s`` per request, ``setup_s`` per new connection."""
 
-    def __init__(self, work_s: float, setup_s: float) -> None:
-        self.server = EmbeddedHTTPServer(work_s=work_s, setup_s=setup_s).start()
+    def __init__(self, work_s: float, setup_s: float, capacity: int) -> None:
+        self.server = EmbeddedHTTPServer(work_s=work_s, setup_s=setup_s, capacity=capacity).start()
         super().__init__(self.server.url, label="http (embedded, 127.0.0.1)")
         self.description = (
-            f"GET on a local keep-alive server: {work_s * 1000:g} ms work per request, "
-            f"{setup_s * 1000:g} ms connection setup"
+            f"GET on a local keep-alive server with {capacity} workers: {work_s * 1000:g} ms "
+            f"work per request, {setup_s * 1000:g} ms to set up a connection"
         )
 
     def cleanup(self) -> None:
@@ -308,11 +320,11 @@ def parse_target(text: str, *, sql: str | None = None) -> Target:
     )
 
 
-def embedded_targets(work_s: float, setup_s: float) -> list[Target]:
+def embedded_targets(work_s: float, setup_s: float, capacity: int = 4) -> list[Target]:
     """The embedded default: a temporary SQLite database and a local HTTP server."""
     targets: list[Target] = [EmbeddedSQLiteTarget()]
     try:
-        targets.append(EmbeddedHTTPTarget(work_s, setup_s))
+        targets.append(EmbeddedHTTPTarget(work_s, setup_s, capacity))
     except BaseException:
         targets[0].cleanup()
         raise

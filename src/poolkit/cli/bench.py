@@ -57,10 +57,22 @@ class BenchConfig:
         if not 0 <= self.warmup_s <= 600:
             raise ValueError(f"warmup_s ({self.warmup_s}) must be >= 0 and <= 600")
 
+    def sizes_for(self, concurrency: int) -> tuple[int, ...]:
+        """The pool sizes worth measuring at ``concurrency``.
+
+        A pool never opens more connections than there are concurrent callers, so sizes above
+        the concurrency behave alike: only the smallest of them is measured.
+        """
+        below = tuple(s for s in self.sizes if s <= concurrency)
+        above = tuple(s for s in self.sizes if s > concurrency)
+        if concurrency not in below and above:
+            below += above[:1]
+        return below
+
     @property
     def runs(self) -> int:
-        """How many measurements one target takes."""
-        return len(self.concurrency) * (1 + len(self.sizes))
+        """How many measurements one target takes (one unpooled run per concurrency)."""
+        return sum(1 + len(self.sizes_for(c)) for c in self.concurrency)
 
 
 @dataclass(frozen=True)
@@ -121,27 +133,26 @@ def measure(
     ``poolkit.NullPool``, which opens and closes a connection per request. Only requests
     started after the warm-up are counted.
     """
-    from poolkit import NullPool, Pool
-
     name = f"bench-{'pooled' if pooled else 'unpooled'}-c{concurrency}-s{size}"
+    pool, close_pool = target.open_pool(
+        pooled=pooled, max_size=size if pooled else concurrency, name=name
+    )
     if pooled:
-        pool: Any = Pool(
-            target.connect,
-            destroy=target.close,
-            is_broken=target.is_broken,
-            max_size=size,
-            acquire_timeout=30.0,
-            name=name,
-        )
-    else:
-        pool = NullPool(
-            target.connect,
-            destroy=target.close,
-            is_broken=target.is_broken,
-            max_size=concurrency,
-            acquire_timeout=30.0,
-            name=name,
-        )
+        # Steady state: open the connections the run will use before the clock starts.
+        warm: list[Any] = []
+        try:
+            try:
+                for _ in range(min(size, concurrency)):
+                    warm.append(pool.acquire())
+            finally:
+                for lease in warm:
+                    lease.release()
+        except Exception as exc:
+            close_pool()
+            raise CLIError(
+                f"cannot open {min(size, concurrency)} connections to {target.label}: "
+                f"{' '.join(str(exc).split())}"
+            ) from None
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
     first_error: list[BaseException] = []
@@ -197,7 +208,7 @@ def measure(
         barrier.abort()
         for t in threads:
             t.join(35.0)
-        pool.close()
+        close_pool()
     merged = sorted(x for lat in latencies for x in lat)
     count = len(merged)
     err = first_error[0] if first_error else None
@@ -234,7 +245,7 @@ def sweep(
     plan: list[tuple[int, int | None]] = []
     for c in config.concurrency:
         plan.append((c, None))
-        plan.extend((c, s) for s in config.sizes)
+        plan.extend((c, s) for s in config.sizes_for(c))
     for index, (c, s) in enumerate(plan):
         label = f"concurrency {c}, " + ("no pool" if s is None else f"pool size {s}")
 
@@ -285,28 +296,40 @@ def recommend(results: Sequence[RunResult], concurrency: int) -> Recommendation 
         unpooled_throughput_rps=unpooled.throughput_rps if unpooled else None,
         unpooled_p99_ms=unpooled.p99_ms if unpooled else None,
     )
-    return Recommendation(**{**asdict(rec), "explanation": _explain(rec)})
+    smallest = min(r.pool_size or 0 for r in pooled)
+    return Recommendation(**{**asdict(rec), "explanation": _explain(rec, smallest)})
 
 
-def _explain(rec: Recommendation) -> str:
-    share = rec.throughput_rps / rec.best_throughput_rps * 100 if rec.best_throughput_rps else 0
-    p99 = f"{rec.p99_ms:.2f} ms" if rec.p99_ms is not None else "n/a"
+def _explain(rec: Recommendation, smallest_size: int) -> str:
+    p99 = f"{fmt_ms(rec.p99_ms)} ms" if rec.p99_ms is not None else "n/a"
+    callers = f"{rec.concurrency} concurrent caller{'s' if rec.concurrency != 1 else ''}"
     text = (
-        f"With {rec.concurrency} concurrent callers, a pool of {rec.pool_size} reaches "
-        f"{share:.0f}% of the best throughput ({_rate(rec.throughput_rps)}, p99 {p99})"
+        f"With {callers}, a pool of {rec.pool_size} gives {_rate(rec.throughput_rps)} (p99 {p99})"
     )
     if rec.best_pool_size != rec.pool_size:
-        text += f", so {rec.best_pool_size} connections would only add load on the server"
-    elif rec.pool_size >= rec.concurrency:
-        text += ", since every caller needs its own connection at this load"
+        gain = (rec.best_throughput_rps / rec.throughput_rps - 1) * 100 if rec.throughput_rps else 0
+        text += (
+            f", within {gain:.0f}% of the best (size {rec.best_pool_size}), so more connections "
+            "would only load the server"
+        )
+    elif rec.pool_size == smallest_size:
+        text += ", the best of the sizes tried"
     else:
-        text += ", and smaller pools fall more than 5% short of it"
+        text += ", and every smaller pool falls more than 5% short"
     if rec.unpooled_throughput_rps:
         ratio = rec.throughput_rps / rec.unpooled_throughput_rps
-        text += (
-            f"; without pooling it manages {_rate(rec.unpooled_throughput_rps)} ({ratio:.1f}x less)"
-        )
+        if ratio >= 1:
+            text += f": {ratio:.1f}x the throughput without pooling"
+        else:
+            text += f": {1 / ratio:.1f}x less than without pooling (connections here are cheap)"
     return text + "."
+
+
+def fmt_ms(value: float | None) -> str:
+    """Milliseconds with enough digits to tell sub-millisecond latencies apart."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
 def _rate(rps: float) -> str:
@@ -367,6 +390,7 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     targets = report["targets"]
     sizes = report["settings"]["sizes"]
@@ -404,6 +428,7 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
                     markersize=16,
                     markeredgecolor="black",
                 )
+        ax_t.yaxis.set_major_formatter(FuncFormatter(_short_number))
         for ax, ylabel in ((ax_t, "throughput (requests/s)"), (ax_p, "p99 latency (ms)")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(sizes)
@@ -433,6 +458,14 @@ def write_chart(path: Path, report: dict[str, Any]) -> None:
     fig.suptitle("poolkit bench: poolkit.Pool (solid) vs no pooling (dashed)", fontsize=12)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _short_number(value: float, _pos: object = None) -> str:
+    if abs(value) >= 1_000_000:
+        return f"{value / 1_000_000:g}M"
+    if abs(value) >= 1_000:
+        return f"{value / 1_000:g}k"
+    return f"{value:g}"
 
 
 def default_out_dir() -> Path:
