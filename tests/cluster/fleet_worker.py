@@ -27,6 +27,7 @@ def main() -> None:
         lease_ttl=cfg["ttl"],
         renew_interval=cfg["renew"],
         min_per_process=cfg["min_per"],
+        restart_quiet=cfg.get("quiet"),
     )
     app = f"{cfg['app']}/{cfg['worker']}"
 

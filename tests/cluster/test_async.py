@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+import poolkit
 from poolkit import PoolClosed
 from poolkit.cluster import AsyncRedisBudget, BudgetExhausted, BudgetUnavailable, RedisBudget
 
@@ -87,5 +88,38 @@ def test_async_strict_and_degraded_when_redis_is_down(private_redis) -> None:
         finally:
             await s.close()
             await d.close()
+
+    asyncio.run(main())
+
+
+def test_async_pool_takes_leases_only_on_create(budget_name) -> None:
+    from poolkit.async_pool import AsyncPool
+
+    async def main() -> None:
+        budget = AsyncRedisBudget(SHARED_REDIS, budget_name, 2, restart_quiet=0)
+        made: list[int] = []
+
+        async def create() -> int:
+            made.append(len(made))
+            return made[-1]
+
+        pool = AsyncPool(create, max_size=4, acquire_timeout=0.5, budget=budget)
+        try:
+            l1, l2 = await pool.get(), await pool.get()
+            assert budget.info().held == 2
+            with pytest.raises(poolkit.PoolTimeout) as info:
+                await pool.get(timeout=1.5)
+            assert isinstance(info.value.__cause__, BudgetExhausted)
+            await l1.release()
+            for _ in range(50):  # reuse: no new lease, no new resource
+                async with pool.acquire():
+                    pass
+            assert budget.info().grants_total == 2 and len(made) == 2
+            await l2.release()
+        finally:
+            await pool.close()
+        assert budget.info().held == 0  # destroyed resources gave their leases back
+        assert await budget.holders() == {}
+        await budget.close()
 
     asyncio.run(main())

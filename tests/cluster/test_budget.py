@@ -275,3 +275,29 @@ def test_repr_and_info_hide_the_password() -> None:
         assert "s3cret-canary" not in repr(b.info())
     finally:
         b.close()
+
+
+def test_forked_child_is_a_new_holder_without_the_parents_leases(make, budget_name) -> None:
+    import os
+    import warnings
+
+    a = make(3)
+    parent_token = a.acquire(1.0)
+    with warnings.catch_warnings():  # 3.12+ warns about fork() with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # child: must never release or renew the parent's lease
+        code = 1
+        try:
+            a.release(parent_token)  # not the child's lease: no effect
+            t = a.acquire(1.0)
+            holders = a.holders()
+            ok = len(holders) == 2 and all(n == 1 for n in holders.values())
+            a.release(t)
+            code = 0 if ok and a.info().held == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert a.holders() == {a.process_id: 1}
+    a.release(parent_token)
