@@ -453,13 +453,26 @@ async def _amap(
         async_items = items.__aiter__()
     else:
         sync_items = iter(items)
+    loop = asyncio.get_running_loop()
     window: deque[asyncio.Task[U]] = deque()  # in input order, running or finished
-    active: set[asyncio.Task[U]] = set()  # running
+    running = 0
+    failed: list[BaseException] = []
+    wakeup: asyncio.Future[None] | None = None
+
+    def finished(task: asyncio.Task[U]) -> None:
+        nonlocal running
+        running -= 1
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not failed:
+            failed.append(error)
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
     lookahead = 2 * concurrency
     exhausted = False
     try:
         while True:
-            while not exhausted and len(active) < concurrency and len(window) < lookahead:
+            while not exhausted and running < concurrency and len(window) < lookahead:
                 if sync_items is not None:
                     try:
                         item = next(sync_items)
@@ -472,10 +485,12 @@ async def _amap(
                     except StopAsyncIteration:
                         exhausted = True
                         break
-                task = asyncio.ensure_future(run_one(item))
+                task = loop.create_task(run_one(item))
                 window.append(task)
-                active.add(task)
-                task.add_done_callback(active.discard)
+                running += 1
+                task.add_done_callback(finished)
+            if failed:
+                raise failed[0]
             if not window:
                 return
             head = window[0]
@@ -483,11 +498,10 @@ async def _amap(
                 window.popleft()
                 yield head.result()
                 continue
-            done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                error = None if task.cancelled() else task.exception()
-                if error is not None:
-                    raise error
+            # Sleep until any task finishes: a slot frees up, or the head may be done.
+            wakeup = loop.create_future()
+            await wakeup
+            wakeup = None
     finally:
         for task in window:
             task.cancel()
