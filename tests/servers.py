@@ -498,6 +498,15 @@ class PrivatePostgres:
             raise ServerError(f"psql failed on {query!r}: {done.stderr.decode(errors='replace')}")
         return done.stdout.decode().strip()
 
+    def terminate_connections(self) -> int:
+        """``pg_terminate_backend`` every client session (an admin kill); returns the count."""
+        return int(
+            self.sql(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                "where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            )
+        )
+
     def cleanup(self) -> None:
         """Kill the server if it still runs and delete its data dir."""
         if self._cleaned:

@@ -77,6 +77,15 @@ def test_postgres_settings_and_data_dir_cleanup():
     assert pg.pid is None
 
 
+def test_postgres_terminate_connections(private_postgres: PrivatePostgres):
+    pg = private_postgres
+    with psycopg.connect(pg.dsn, autocommit=True) as a, psycopg.connect(pg.dsn) as b:
+        assert pg.terminate_connections() == 2
+        for conn in (a, b):
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("select 1")
+
+
 def test_postgres_through_the_proxy(private_postgres: PrivatePostgres, tcp_proxy):
     pg = private_postgres
     proxy: TcpProxy = tcp_proxy(("127.0.0.1", pg.port))
