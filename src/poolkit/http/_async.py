@@ -565,6 +565,11 @@ class AsyncHTTPPool:
         lease, conn, event, timer = await self._send(method, url, headers, body, timeout, tls)
         return AsyncStreamResponse(lease, conn, event, timer)
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._pools.closed
+
     def stats(self) -> KeyedPoolStats[Origin]:
         """Pool statistics: totals plus ``per_key`` (one :class:`poolkit.PoolStats` per origin)."""
         return self._pools.stats()

@@ -396,6 +396,11 @@ class HTTPPool:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._pools.closed
+
     def stats(self) -> KeyedPoolStats[Origin]:
         """Pool statistics: totals plus ``per_key`` (one :class:`poolkit.PoolStats` per origin)."""
         return self._pools.stats()
