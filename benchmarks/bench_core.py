@@ -641,11 +641,33 @@ LEGEND = (
 )
 
 
+def markdown_table(results: list[Result]) -> str:
+    """The results as one Markdown table (for docs and the README)."""
+    lines = [
+        "| scenario | implementation | ns/cycle | x poolkit | wait p99 (us) | max wait (ms) "
+        "| per-worker min/mean | starved |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        fair = (
+            "-"
+            if r.per_worker_min is None or not r.per_worker_mean
+            else f"{r.per_worker_min / r.per_worker_mean:.2f}"
+        )
+        lines.append(
+            f"| {r.scenario} | {r.impl} | {r.ns_per_cycle:,.0f} | {_fmt(r.vs_poolkit, '.2f')} "
+            f"| {_fmt(r.wait_p99_us, ',.0f')} | {_fmt(r.wait_max_ms, '.1f')} | {fair} "
+            f"| {'-' if r.starved is None else r.starved} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (~0.2 s per cell)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per cell")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--markdown", metavar="PATH", help="also write a Markdown table")
     parser.add_argument(
         "--only", help="comma-separated subset: " + ",".join(k for k, _ in SYNC_IMPLS)
     )
@@ -729,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=2)
         print(f"wrote {args.json}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(results))
+        print(f"wrote {args.markdown}")
     return 0
 
 

@@ -28,7 +28,10 @@ def bench():
 def test_every_peer_and_scenario_runs(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
     only = "poolkit,floor,sqlalchemy,dbutils,gcp"
-    assert bench.main(["--duration", "0.02", "--only", only, "--json", str(out)]) == 0
+    md = tmp_path / "bench.md"
+    args = ["--duration", "0.02", "--only", only, "--json", str(out), "--markdown", str(md)]
+    assert bench.main(args) == 0
+    assert md.read_text().count("\n| sync 64T/8R hold=sleep(0) |") == 5
     data = json.loads(out.read_text())
     assert data["skipped"] == {}, data["skipped"]
     rows = data["results"]
@@ -47,7 +50,7 @@ def test_every_peer_and_scenario_runs(bench, tmp_path, capsys):
     assert len(scenarios) == 8
     for r in rows:
         # contended cells this short may complete nothing on a loaded machine
-        assert r["cycles"] >= 2000 if r["workers"] == 1 else r["cycles"] >= 0, r
+        assert r["cycles"] > 0 if r["workers"] == 1 else r["cycles"] >= 0, r
         assert r["ns_per_cycle"] > 0 and r["vs_poolkit"] is not None, r
         if r["workers"] > 1:
             assert r["per_worker_min"] is not None and r["wait_max_ms"] is not None
