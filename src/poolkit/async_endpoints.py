@@ -356,6 +356,15 @@ class AsyncEndpointPool(Generic[T, R]):
 
     # -- borrowing ------------------------------------------------------------------------------
 
+    async def _borrow(
+        self, sub: AsyncPool[R], ep_id: int, timeout: float, priority: int
+    ) -> AsyncLease[R]:
+        try:
+            return await sub.get(timeout=timeout, priority=priority)
+        except BaseException:
+            self._policy.end(ep_id)
+            raise
+
     async def get(self, timeout: float | None = None, priority: int = 0) -> AsyncEndpointLease[R]:
         """Borrow from the endpoint the strategy picks; fails over while endpoints drop out."""
         clock = self._clock
@@ -373,10 +382,11 @@ class AsyncEndpointPool(Generic[T, R]):
                 raise _all_down(self.name, policy, now)
             ep_id = ep_id_or_none
             sub: AsyncPool[R] = self._keyed.pool_for(ep_id)
+            policy.begin(ep_id)  # borrowers on their way to an endpoint spread the load too
             if attempt:
                 self._failovers += 1
             try:
-                lease = await sub.get(timeout=max(0.0, deadline - now), priority=priority)
+                lease = await self._borrow(sub, ep_id, max(0.0, deadline - now), priority)
             except PoolClosed:
                 if self._closed:
                     raise
@@ -393,7 +403,6 @@ class AsyncEndpointPool(Generic[T, R]):
                     phase=exc.phase,
                     waited_s=exc.waited_s,
                 ) from exc
-            policy.begin(ep_id)
             self._acquired += 1
             return AsyncEndpointLease(self, ep_id, self._endpoints[ep_id], lease)
         raise _all_down(self.name, policy, clock())

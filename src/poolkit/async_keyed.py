@@ -97,6 +97,8 @@ class _AsyncSharedBudget:
         if ticket.granted:
             return ticket
         ticket.waker = waker = asyncio.Event()
+        if not self._owner._listening:
+            self._owner._listen_for_releases()
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = None if timeout is None else start + timeout
@@ -259,6 +261,7 @@ class AsyncKeyedPool(Generic[K, R]):
         )
         self._next_sweep = time.monotonic() + self._sweep_every
         self._subpools_closed = 0
+        self._listening = False
         # validate sub-pool options now (constructing an AsyncPool needs no loop, does no I/O)
         AsyncPool(_never_acreate, max_size=max_per_key, idle_timeout=idle_timeout, **pool_options)
 
@@ -281,9 +284,18 @@ class AsyncKeyedPool(Generic[K, R]):
             )
             if budget is not None and self._budget is not None:
                 budget.pool = pool
-                pool.on("release", self._budget.nudge)
+                if self._listening:
+                    pool.on("release", self._budget.nudge)
             self._pools[key] = pool
         return pool
+
+    def _listen_for_releases(self) -> None:
+        """The cap was reached once: from now on a resource going idle wakes a budget waiter."""
+        if self._listening or self._budget is None:
+            return
+        self._listening = True
+        for pool in self._pools.values():
+            pool.on("release", self._budget.nudge)
 
     def keys(self) -> list[K]:
         """The keys that have a sub-pool right now."""

@@ -539,6 +539,15 @@ class EndpointPool(Generic[T, R]):
 
     # -- borrowing ------------------------------------------------------------------------------
 
+    def _borrow(self, sub: Pool[R], ep_id: int, timeout: float, priority: int) -> Lease[R]:
+        try:
+            return sub.get(timeout=timeout, priority=priority)
+        except BaseException:
+            with self._lock:
+                self._policy.end(ep_id)
+                self._acquired -= 1
+            raise
+
     def get(self, timeout: float | None = None, priority: int = 0) -> EndpointLease[R]:
         """Borrow from the endpoint the strategy picks; fails over while endpoints drop out."""
         clock = self._clock
@@ -556,10 +565,13 @@ class EndpointPool(Generic[T, R]):
                 if ep_id is None:
                     raise _all_down(self.name, policy, now)
                 sub = keyed.pool_for(ep_id)
-            if attempt:
-                self._failovers += 1
+                # counted from now: borrowers on their way to an endpoint spread the load too
+                policy.begin(ep_id)
+                self._acquired += 1
+                if attempt:
+                    self._failovers += 1
             try:
-                lease = sub.get(timeout=max(0.0, deadline - now), priority=priority)
+                lease = self._borrow(sub, ep_id, max(0.0, deadline - now), priority)
             except PoolClosed:
                 if self._closed:
                     raise
@@ -577,9 +589,6 @@ class EndpointPool(Generic[T, R]):
                     phase=exc.phase,
                     waited_s=exc.waited_s,
                 ) from exc
-            with self._lock:
-                policy.begin(ep_id)
-                self._acquired += 1
             return EndpointLease(self, ep_id, self._endpoints[ep_id], lease)
         raise _all_down(self.name, policy, clock())
 

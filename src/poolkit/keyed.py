@@ -245,6 +245,8 @@ class _SharedBudget:
             if ticket.granted:
                 return ticket
             ticket.waker = threading.Event()
+        if not self._owner._listening:
+            self._owner._listen_for_releases()
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
         try:
@@ -427,6 +429,7 @@ class KeyedPool(Generic[K, R]):
         )
         self._next_sweep = time.monotonic() + self._sweep_every
         self._subpools_closed = 0
+        self._listening = False
         # fail fast on bad sub-pool options (a typo, a negative timeout) at construction
         Pool(_never_create, max_size=max_per_key, idle_timeout=idle_timeout, **pool_options).close()
 
@@ -460,8 +463,19 @@ class KeyedPool(Generic[K, R]):
         )
         if budget is not None and self._budget is not None:
             budget.pool = pool
-            pool.on("release", self._budget.nudge)
+            if self._listening:
+                pool.on("release", self._budget.nudge)
         return pool
+
+    def _listen_for_releases(self) -> None:
+        """The cap was reached once: from now on a resource going idle in any sub-pool
+        wakes the oldest budget waiter (until then, no listener costs anything)."""
+        with self._lock:
+            if self._listening or self._budget is None:
+                return
+            self._listening = True
+            for pool in self._pools.values():
+                pool.on("release", self._budget.nudge)
 
     def _live_pools(self) -> list[tuple[K, Pool[R]]]:
         with self._lock:
