@@ -94,7 +94,9 @@ def test_killed_idle_connection_is_replaced_without_error(mysql_admin: Any) -> N
             cur.execute(f"KILL {tid}")
         for _ in range(500):  # wait for the server to close it
             with mysql_admin.cursor() as cur:
-                cur.execute("SELECT count(*) FROM information_schema.processlist WHERE id=%s", (tid,))
+                cur.execute(
+                    "SELECT count(*) FROM information_schema.processlist WHERE id=%s", (tid,)
+                )
                 if cur.fetchone()[0] == 0:
                     break
         assert db.fetchone("SELECT 1") == (1,)

@@ -274,6 +274,9 @@ class AIOMySQLFactory(_MySQLCommon, AsyncDBFactory):
             await asyncio.wait_for(resource.ping(reconnect=False), self.ping_timeout)
         except (self._driver.err.MySQLError, OSError, asyncio.TimeoutError):
             return False
+        except BaseException:
+            resource.close()  # cancelled mid-ping: the protocol state is unknown
+            raise
         return True
 
     async def reset(self, resource: Any) -> None:

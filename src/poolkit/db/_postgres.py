@@ -397,6 +397,9 @@ class AsyncPsycopgFactory(_PsycopgCommon, AsyncDBFactory):
             return await _ping_async(pgconn, self.ping_timeout)
         except self._psycopg.Error:
             return False
+        except BaseException:
+            pgconn.finish()  # cancelled mid-ping: a query is in flight; never reuse it
+            raise
 
     async def reset(self, resource: Any) -> None:
         """Roll back if needed, restore attributes, then the ``reset`` mode's extra step."""
@@ -572,6 +575,8 @@ class AsyncpgFactory(AsyncDBFactory):
             return
         try:
             await resource.close(timeout=self.ping_timeout)
+        except Exception:
+            resource.terminate()  # the server did not answer in time: drop the socket
         except BaseException:
             resource.terminate()
             raise
@@ -586,11 +591,14 @@ class AsyncpgFactory(AsyncDBFactory):
         if state == QUIET and not self.wants_ping(info):
             return True
         try:
-            await resource.execute("", timeout=self.ping_timeout)
+            await resource.execute("SELECT 1", timeout=self.ping_timeout)
         except (self._asyncpg.PostgresError, self._asyncpg.InterfaceError, OSError):
             return False
         except asyncio.TimeoutError:
             return False
+        except BaseException:
+            resource.terminate()  # cancelled mid-ping: the protocol state is unknown
+            raise
         return True
 
     async def reset(self, resource: Any) -> None:
