@@ -20,6 +20,7 @@ from .keyed import (
     _bind,
     _budget_timeout,
     _check_limits,
+    _fair_is_broken,
     _key_label,
     _split_factory,
     _sum_stats,
@@ -273,6 +274,9 @@ class AsyncKeyedPool(Generic[K, R]):
                 raise PoolClosed(f"keyed pool {self.name!r} is closed")
             factory, hooks = _split_factory(self._create, AsyncKeyedFactory, key, self._hooks)
             budget = _AsyncKeyBudget(self._budget, key) if self._budget is not None else None
+            if self._budget is not None:
+                fair = _fair_is_broken(factory, hooks, self._budget.ledger, key)
+                hooks = {**hooks, "is_broken": fair}
             pool = AsyncPool(
                 factory,
                 max_size=self.max_per_key,

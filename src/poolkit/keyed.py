@@ -209,6 +209,23 @@ def _check_limits(max_per_key: int, max_total: int | None, idle_timeout: float |
         raise ValueError(f"idle_timeout ({idle_timeout}) must be > 0 or None")
 
 
+def _fair_is_broken(
+    factory: object, hooks: dict[str, Any], ledger: PermitLedger, key: Hashable
+) -> Callable[[Any, BaseException | None], bool]:
+    """``is_broken`` for a sub-pool under a global cap: the user's rule, and also True on a
+    clean return while another key waits for a permit (its resource is closed so that the
+    oldest waiter of any key gets the slot: a busy key cannot starve the others)."""
+    user = hooks.get("is_broken") or getattr(factory, "is_broken", None) or default_is_broken
+
+    def is_broken(resource: Any, exc: BaseException | None) -> bool:
+        if user(resource, exc):
+            return True
+        head = ledger.head()
+        return head is not None and head.key != key
+
+    return is_broken
+
+
 def _key_label(key: object) -> str:
     return redact(str(key))
 
@@ -452,6 +469,11 @@ class KeyedPool(Generic[K, R]):
     def _make_pool(self, key: K) -> Pool[R]:
         factory, hooks = _split_factory(self._create, KeyedFactory, key, self._hooks)
         budget = _KeyBudget(self._budget, key) if self._budget is not None else None
+        if self._budget is not None:
+            hooks = {
+                **hooks,
+                "is_broken": _fair_is_broken(factory, hooks, self._budget.ledger, key),
+            }
         pool: Pool[R] = Pool(
             factory,
             max_size=self.max_per_key,

@@ -328,3 +328,38 @@ def test_thread_stress_caps_hold_and_everyone_is_served() -> None:
     assert t.max_total <= 8
     assert t.max_per_key <= 3
     assert t.total == 0
+
+
+def test_busy_key_cannot_starve_another_key() -> None:
+    """Key "b" always has waiters, so its resources never go idle; "a" still gets a slot."""
+    t = Tracker()
+    a_served = threading.Event()
+    failures: list[BaseException] = []
+    with make_pool(t, max_per_key=2, max_total=2, acquire_timeout=10.0) as pool:
+
+        def hammer_b() -> None:
+            try:
+                for _ in range(20000):
+                    if a_served.is_set():
+                        return
+                    with pool.acquire("b"):
+                        a_served.wait(0.001)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=hammer_b) for _ in range(4)]
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            s = pool.stats().per_key.get("b")
+            if s is not None and s.size == 2 and s.waiting > 0:
+                break
+            a_served.wait(0.005)
+        with pool.acquire("a", timeout=10.0) as ra:
+            assert ra.key == "a"
+        a_served.set()
+        for th in threads:
+            th.join(10)
+    assert not failures, failures[:3]
+    assert t.max_total <= 2
