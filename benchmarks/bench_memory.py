@@ -280,7 +280,7 @@ def bench_buffers(n: int, repeat: int, tmp: Path, quick: bool) -> None:
                 iters,
                 repeat,
             )
-            assert clear_pool.stats().hit_rate > 0.99
+            assert clear_pool.stats().hit_rate > 0.9
 
     # Bytes only: the raw cost of the pool against the allocator, no I/O.
     for size in (4 * KiB, 64 * KiB, 1 * MiB):
