@@ -406,3 +406,17 @@ def test_defaults_follow_the_pool(pool: Pool[Res]) -> None:
         assert repr(ex) == "<WorkerPool 'db-workers' running workers=0/4 queued=0/8>"
         with pytest.raises(ValueError, match=r"chunksize \(0\)"):
             ex.map(lambda r, i: i, [1], chunksize=0)
+
+
+def test_usable_from_asyncio_run_in_executor(pool: Pool[Res]) -> None:
+    import asyncio
+
+    async def main(ex: WorkerPool[Res]) -> tuple[int, str]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(ex, lambda r, x: (r.id, x), "arg")
+
+    with WorkerPool(pool) as ex:
+        rid, arg = asyncio.run(main(ex))
+    assert rid >= 1
+    assert arg == "arg"
+    assert pool.stats().in_use == 0
