@@ -130,3 +130,41 @@ def test_pool_with_budget_keeps_serving_while_redis_is_down(private_redis) -> No
         pool.close()
         b.close()
     assert sorted(destroyed) == [0, 1]
+
+
+@pytest.mark.parametrize(("mode", "grow_to"), [("strict", 2), ("degraded", 3)])
+def test_frozen_redis_does_not_hang_and_caps_growth(tcp_proxy, budget_name, mode, grow_to) -> None:
+    """Redis blackholed (no FIN/RST): calls time out after socket_timeout; strict never grows
+    past the pre-freeze size, degraded grows only up to fallback_limit."""
+    proxy = tcp_proxy(("127.0.0.1", 6379))
+    b = RedisBudget(
+        f"redis://127.0.0.1:{proxy.port}/0",
+        budget_name,
+        10,
+        lease_ttl=4.0,
+        restart_quiet=0,
+        socket_timeout=0.3,
+        mode=mode,
+        fallback_limit=3 if mode == "degraded" else None,
+    )
+    pool = Pool(object, max_size=5, acquire_timeout=1.0, budget=b)
+    try:
+        held = [pool.get(), pool.get()]  # two leases granted through Redis
+        proxy.set_mode("freeze")
+        for _ in range(grow_to - 1):  # strict: 1 refused; degraded: 1 local lease, 1 refused
+            try:
+                held.append(pool.get(timeout=2.0))
+            except PoolTimeout as exc:
+                assert isinstance(exc.__cause__, BudgetUnavailable)
+        assert pool.stats().size == grow_to
+        assert b.status() == ("unavailable" if mode == "strict" else "degraded")
+        for lease in held:
+            lease.release()
+        with pool.acquire():  # existing resources keep serving while Redis is frozen
+            pass
+        proxy.set_mode("pass")
+        wait_for(lambda: b.status() == "ok", timeout=10, what="renewal through the proxy")
+    finally:
+        proxy.set_mode("pass")
+        pool.close()
+        b.close()
