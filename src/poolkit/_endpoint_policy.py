@@ -228,7 +228,11 @@ class EndpointPolicy:
                     best = cand
             return best.id
         if strategy == "random_two_choices":
-            i, j = self._rng.sample(range(n), 2)
+            rand = self._rng.random
+            i = int(rand() * n)
+            j = int(rand() * (n - 1))
+            if j >= i:
+                j += 1  # two distinct endpoints, each pair equally likely
             a, b = healthy[i], healthy[j]
             return a.id if a.in_use * b.weight <= b.in_use * a.weight else b.id
         # weighted: smooth weighted round robin (nginx): deterministic, evenly interleaved
