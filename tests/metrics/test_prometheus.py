@@ -157,3 +157,36 @@ def test_adapter_wrapper_with_pool_attribute(
 def test_not_a_pool_is_a_type_error(registry: CollectorRegistry) -> None:
     with pytest.raises(TypeError, match="is not a pool"):
         PoolCollector(registry).register(object())
+
+
+def test_async_pool_and_dbpool(registry: CollectorRegistry) -> None:
+    import asyncio
+
+    from poolkit.db import DBPool
+
+    collector = PoolCollector(registry)
+    with DBPool.from_url("sqlite:///:memory:", max_size=2, name="sqlite-db") as db:
+        collector.register(db, timings=True)  # a DBPool wraps its Pool in .pool
+        db.execute("CREATE TABLE t (x INTEGER)")
+        db.execute("INSERT INTO t VALUES (1)")
+
+        async def main() -> None:
+            async def make() -> int:
+                return 42
+
+            apool = poolkit.AsyncPool(make, max_size=3, name="async")
+            collector.register(apool, timings=True)
+            try:
+                for _ in range(4):
+                    async with apool.acquire():
+                        pass
+            finally:
+                await apool.close()
+
+        asyncio.run(main())
+        text = generate_latest(registry).decode()
+        assert 'poolkit_pool_acquired_total{pool="sqlite-db"} 2.0' in text
+        assert 'poolkit_pool_usage_seconds_count{pool="sqlite-db"} 2.0' in text
+        assert 'poolkit_pool_acquired_total{pool="async"} 4.0' in text
+        assert 'poolkit_pool_acquire_wait_seconds_count{pool="async"} 4.0' in text
+        assert 'poolkit_pool_max_size{pool="async"} 3.0' in text

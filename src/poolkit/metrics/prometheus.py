@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ from poolkit.metrics._common import (
 )
 
 __all__ = ["PoolCollector", "register", "unregister"]
+
+_log = logging.getLogger("poolkit.metrics")
 
 # (metric suffix, stats field, help text)
 _GAUGES: tuple[tuple[str, str, str], ...] = (
@@ -182,7 +185,11 @@ class PoolCollector(Collector):
         any_timings = False
         for entry in entries:
             name = entry.pool.name
-            stats = entry.pool.stats()
+            try:
+                stats = entry.pool.stats()
+            except Exception:  # one broken pool must not fail the whole scrape
+                _log.exception("poolkit: reading the stats of pool %r failed", name)
+                continue
             for suffix, field, _ in _GAUGES:
                 gauges[suffix].add_metric([name], float(getattr(stats, field, 0)))
             for suffix, field, _ in _COUNTERS:
