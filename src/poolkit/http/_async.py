@@ -72,6 +72,7 @@ class _Conn(asyncio.Protocol):
         self.write_waiter: asyncio.Future[None] | None = None
         self.poller: Any = None
         self.response_started = False
+        self.lost: asyncio.Future[None] = loop.create_future()
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -102,6 +103,8 @@ class _Conn(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
         self.eof = True
         self.stale = True
         self.error = exc
@@ -188,8 +191,21 @@ class _Conn(asyncio.Protocol):
                 conn.receive_data(b"")
 
 
-def _close(conn: _Conn) -> None:
-    conn.close()
+async def _close(conn: _Conn) -> None:
+    """The pool's destroy hook: close and wait (bounded) until the transport is gone.
+
+    A TLS transport needs a few loop turns to finish its shutdown; waiting here keeps
+    ``aclose()`` from returning while sockets are still open.
+    """
+    t = conn.transport
+    if t is None:
+        return
+    if not conn.lost.done():
+        t.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(conn.lost), 1.0)
+        except asyncio.TimeoutError:
+            t.abort()
 
 
 class AsyncStreamResponse:

@@ -71,7 +71,7 @@ def keyed_pool(
 def async_keyed_pool(
     settings: PoolSettings,
     create: Callable[[Origin], Awaitable[C]],
-    destroy: Callable[[C], None],
+    destroy: Callable[[C], Awaitable[None]],
 ) -> AsyncKeyedPool[Origin, C]:
     """The asyncio keyed pool (one sub-pool per origin) behind ``AsyncHTTPPool``."""
     s = settings
