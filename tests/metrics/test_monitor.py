@@ -195,3 +195,24 @@ def test_adds_pools_behind_adapters_and_refuses_others(make_pool: MakePool) -> N
 def test_bad_options_name_the_value(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PoolMonitor(**kwargs)
+
+
+def test_async_pool_and_closed_pools(caplog) -> None:
+    import asyncio
+
+    async def make() -> object:
+        return object()
+
+    async def main() -> None:
+        apool = poolkit.AsyncPool(make, max_size=2, name="aio")
+        monitor = PoolMonitor(apool, interval=10.0)
+        async with apool.acquire():
+            monitor.tick(0.0)
+        await apool.close()
+        monitor.tick(20.0)  # closed pools are skipped quietly
+        monitor.close()
+
+    asyncio.run(main())
+    lines = _messages(caplog)
+    assert len(lines) == 1
+    assert lines[0].startswith("pool 'aio': size=1/2 idle=0 in_use=1 waiting=0")

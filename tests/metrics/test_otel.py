@@ -94,3 +94,13 @@ def test_unregister_stops_reporting(reader, provider, make_pool: MakePool) -> No
     instruments.unregister(a)
     names = {p.attributes[POOL_NAME] for p in _points(reader)["db.client.connection.max"]}
     assert names == {"b"}
+
+
+def test_module_register_shares_instruments_per_provider(reader, provider, make_pool):
+    from poolkit.metrics import otel
+
+    first = otel.register(make_pool(name="one"), meter_provider=provider)
+    second = otel.register(make_pool(name="two"), meter_provider=provider, timings=True)
+    assert first is second
+    names = {p.attributes[POOL_NAME] for p in _points(reader)["db.client.connection.max"]}
+    assert names == {"one", "two"}

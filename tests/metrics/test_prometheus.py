@@ -190,3 +190,41 @@ def test_async_pool_and_dbpool(registry: CollectorRegistry) -> None:
         assert 'poolkit_pool_acquired_total{pool="async"} 4.0' in text
         assert 'poolkit_pool_acquire_wait_seconds_count{pool="async"} 4.0' in text
         assert 'poolkit_pool_max_size{pool="async"} 3.0' in text
+
+
+class CountingPool:
+    """A pool-like object over a real Pool that counts the listeners attached to it."""
+
+    def __init__(self, pool: poolkit.Pool[sqlite3.Connection]) -> None:
+        self.inner = pool
+        self.subscribed: list[str] = []
+        self.unsubscribed = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def stats(self) -> poolkit.PoolStats:
+        return self.inner.stats()
+
+    def on(self, kind: str, callback: Callable[[poolkit.PoolEvent], object]) -> Callable[[], None]:
+        self.subscribed.append(kind)
+        off = self.inner.on(kind, callback)
+
+        def unsubscribe() -> None:
+            self.unsubscribed += 1
+            off()
+
+        return unsubscribe
+
+
+def test_timings_off_attaches_no_listener(registry: CollectorRegistry, make_pool: MakePool):
+    counting = CountingPool(make_pool(name="quiet"))
+    collector = PoolCollector(registry)
+    collector.register(counting)
+    assert counting.subscribed == []
+    assert 'poolkit_pool_max_size{pool="quiet"} 10.0' in generate_latest(registry).decode()
+    collector.register(counting, timings=True)  # switching on attaches the three listeners
+    assert sorted(counting.subscribed) == ["acquire", "create", "release"]
+    collector.register(counting, timings=False)  # and switching off detaches them
+    assert counting.unsubscribed == 3
