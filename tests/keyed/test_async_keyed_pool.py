@@ -207,3 +207,32 @@ def test_task_stress_caps_hold_and_everyone_is_served() -> None:
     assert done == 3200
     assert t.max_total <= 6 and t.max_per_key <= 3
     assert t.total == 0
+
+
+def test_busy_key_cannot_starve_another_key() -> None:
+    t = Tracker()
+
+    async def main() -> None:
+        async with make(t, max_per_key=2, max_total=2, acquire_timeout=10.0) as pool:
+            a_served = asyncio.Event()
+
+            async def hammer_b() -> None:
+                for _ in range(20000):
+                    if a_served.is_set():
+                        return
+                    async with pool.acquire("b"):
+                        await asyncio.sleep(0.001)
+
+            tasks = [asyncio.create_task(hammer_b()) for _ in range(4)]
+            for _ in range(1000):
+                s = pool.stats().per_key.get("b")
+                if s is not None and s.size == 2 and s.waiting > 0:
+                    break
+                await asyncio.sleep(0.005)
+            async with pool.acquire("a", timeout=10.0) as ra:
+                assert ra.key == "a"
+            a_served.set()
+            await asyncio.gather(*tasks)
+
+    run(main())
+    assert t.max_total <= 2

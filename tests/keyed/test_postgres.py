@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from helpers import wait_for
+from poolkit.async_keyed import AsyncKeyedPool
 from poolkit.endpoints import Endpoint, EndpointPool
 from poolkit.keyed import KeyedPool
 from servers import PrivatePostgres
@@ -213,3 +214,67 @@ def run_failover_scenario(servers: list[PrivatePostgres]) -> None:
     assert ev.ejections_total >= 1 and ev.errors_total >= 2
     assert ev.last_error is not None and "password" not in ev.last_error
     assert stats.healthy == 3
+
+
+@pytest.mark.postgres
+def test_async_keyed_pool_asyncpg_never_more_than_max_total_open() -> None:
+    import asyncio
+
+    import asyncpg
+
+    prefix = f"pk-akeyed-{os.getpid()}-"
+    keys = [f"{prefix}{i:02d}" for i in range(20)]
+    served = 0
+
+    async def connect(app: str) -> Any:
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=5432,
+            user="postgres",
+            database="test",
+            server_settings={"application_name": app},
+        )
+
+    async def main() -> int:
+        nonlocal served
+        pool: AsyncKeyedPool[str, Any] = AsyncKeyedPool(
+            connect, destroy=lambda c: c.close(), max_per_key=3, max_total=8, acquire_timeout=60
+        )
+        sampler = await asyncpg.connect(
+            host="127.0.0.1", port=5432, user="postgres", database="test"
+        )
+        peak = 0
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                n = await sampler.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE starts_with(application_name, $1)",
+                    prefix,
+                )
+                peak = max(peak, n)
+                await asyncio.sleep(0.01)
+
+        async def worker(n: int) -> None:
+            nonlocal served
+            for i in range(15):
+                key = keys[(n * 5 + i * 3) % len(keys)]
+                async with pool.acquire(key) as conn:
+                    assert await conn.fetchval("SHOW application_name") == key
+                served += 1
+
+        sampling = asyncio.create_task(sample())
+        try:
+            async with pool:
+                await asyncio.gather(*(worker(n) for n in range(32)))
+                assert pool.stats().evictions_total > 0
+        finally:
+            stop.set()
+            await sampling
+            await sampler.close()
+        return peak
+
+    peak = asyncio.run(asyncio.wait_for(main(), 80))
+    assert served == 32 * 15
+    assert 0 < peak <= 8, peak
