@@ -10,6 +10,7 @@ import pytest
 import redis
 
 import poolkit
+from helpers import wait_for
 from poolkit.cluster import BudgetExhausted, BudgetToken, BudgetUnavailable, RedisBudget
 
 from .conftest import SHARED_REDIS
@@ -301,3 +302,21 @@ def test_forked_child_is_a_new_holder_without_the_parents_leases(make, budget_na
     assert os.waitstatus_to_exitcode(status) == 0
     assert a.holders() == {a.process_id: 1}
     a.release(parent_token)
+
+
+def test_release_wakes_a_blocked_waiter_and_leaves_no_stale_wakeups(
+    make, budget_name, rclient
+) -> None:
+    tag = f"{{poolkit:budget:{budget_name}}}"
+    a, b = make(1), make(1)
+    for _ in range(5):  # nobody waits: releases push no wake-ups
+        a.release(a.acquire(1.0))
+    assert rclient.llen(f"{tag}:wake") == 0
+    t = a.acquire(1.0)
+    got: list[BudgetToken] = []
+    th = threading.Thread(target=lambda: got.append(b.acquire(30.0)))
+    th.start()
+    wait_for(lambda: rclient.exists(f"{tag}:waiting"), timeout=10, what="waiter flagged")
+    a.release(t)
+    th.join(35)
+    assert len(got) == 1 and b.holders() == {b.process_id: 1}

@@ -171,7 +171,14 @@ class Config:
 
     def keys(self) -> list[str]:
         tag = f"{{{self.key_prefix}:{self.name}}}"
-        return [f"{tag}:holders", f"{tag}:counts", f"{tag}:procs", f"{tag}:meta", f"{tag}:wake"]
+        return [
+            f"{tag}:holders",
+            f"{tag}:counts",
+            f"{tag}:procs",
+            f"{tag}:meta",
+            f"{tag}:wake",
+            f"{tag}:waiting",
+        ]
 
 
 def make_config(

@@ -7,7 +7,8 @@ from __future__ import annotations
 #   KEYS[2] counts   HASH  proc -> number of members of that proc in holders
 #   KEYS[3] procs    ZSET  proc -> heartbeat expiry (server ms); live processes for min_per_process
 #   KEYS[4] meta     HASH  epoch (server ms at creation), fence (counter), quiet_until (server ms)
-#   KEYS[5] wake     LIST  one item pushed per release; waiters BLPOP it
+#   KEYS[5] wake     LIST  one item pushed per release while someone waits; waiters BLPOP it
+#   KEYS[6] waiting  STRING set (with a short TTL) by every refused acquire: "someone waits"
 #
 # Every time value comes from ``redis.call('TIME')`` on the server; clients never send one.
 # Numbers are formatted with '%d' before they go back to Redis: Lua's default number
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 _PRELUDE = """
 local holders, counts, procs, meta, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local waiting = KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(n) return string.format('%d', n) end
@@ -71,7 +73,10 @@ local count = redis.call('ZCARD', holders)
 local mine = tonumber(redis.call('HGET', counts, proc) or '0')
 if now < quiet_until then return {0, 'quiet', count, mine, quiet_until - now, epoch} end
 if max_per > 0 and mine >= max_per then return {0, 'max', count, mine, 0, epoch} end
-if count >= limit then return {0, 'full', count, mine, 0, epoch} end
+if count >= limit then
+  redis.call('SET', waiting, '1', 'PX', 2000)
+  return {0, 'full', count, mine, 0, epoch}
+end
 if min_per > 0 and mine >= min_per then
   local live = redis.call('ZRANGE', procs, 0, -1)
   local reserved = 0
@@ -81,7 +86,10 @@ if min_per > 0 and mine >= min_per then
       if c < min_per then reserved = reserved + (min_per - c) end
     end
   end
-  if count + reserved >= limit then return {0, 'reserved', count, mine, 0, epoch} end
+  if count + reserved >= limit then
+    redis.call('SET', waiting, '1', 'PX', 2000)
+    return {0, 'reserved', count, mine, 0, epoch}
+  end
 end
 local fence = redis.call('HINCRBY', meta, 'fence', 1)
 local expiry = now + ttl
@@ -126,7 +134,8 @@ return out
 )
 
 # ARGV: proc, limit, member...
-# Returns the number of members removed. Each removal pushes one wake-up for a waiter.
+# Returns the number of members removed. While a waiter exists (the 'waiting' flag, refreshed
+# by every refused acquire, at least every 0.5 s), each removal pushes one wake-up.
 RELEASE = (
     _PRELUDE
     + """
@@ -137,12 +146,16 @@ for i = 3, #ARGV do
   if redis.call('ZREM', holders, ARGV[i]) == 1 then
     dec(proc)
     removed = removed + 1
-    redis.call('LPUSH', wake, '1')
   end
 end
 if removed > 0 then
-  redis.call('LTRIM', wake, 0, limit - 1)
-  redis.call('PEXPIRE', wake, 60000)
+  if redis.call('EXISTS', waiting) == 1 then
+    for i = 1, removed do redis.call('LPUSH', wake, '1') end
+    redis.call('LTRIM', wake, 0, limit - 1)
+    redis.call('PEXPIRE', wake, 10000)
+  else
+    redis.call('DEL', wake)  -- nobody waits: leave no stale wake-ups behind
+  end
 end
 return removed
 """
