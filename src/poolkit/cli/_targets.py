@@ -32,7 +32,7 @@ __all__ = [
     "redact_url",
 ]
 
-DB_SCHEMES = ("sqlite", "duckdb", "postgresql", "postgres", "mysql", "mariadb")
+DB_SCHEMES = ("sqlite", "sqlite3", "duckdb", "postgresql", "postgres", "mysql", "mariadb")
 
 
 def redact_url(url: str) -> str:
@@ -75,6 +75,14 @@ class Target(ABC):
     def cleanup(self) -> None:  # noqa: B027 - most targets hold nothing of their own
         """Release what the target itself holds (temporary files, servers)."""
 
+    def secrets(self) -> tuple[str, ...]:
+        """Values never to print (passwords from the URL)."""
+        return ()
+
+    def describe_error(self, exc: BaseException) -> str:
+        """``exc`` as one line of text, without this target's secrets."""
+        return _one_line(exc, self.secrets())
+
 
 def _one_line(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -107,6 +115,9 @@ class DatabaseTarget(Target):
             )
         self.sql = sql or "SELECT 1"
         super().__init__(label or str(self.url), f"{self.url.backend}: {self.sql}")
+
+    def secrets(self) -> tuple[str, ...]:
+        return self.url.secrets()
 
     def factory(self) -> Any:
         """A fresh driver factory for this URL."""
@@ -228,12 +239,16 @@ class HTTPTarget(Target):
         except ValueError:
             raise CLIError(f"invalid port in {redact_url(url)!r}") from None
         self.url = url
+        self._password = parts.password
         self.host = parts.hostname
         self.port = port
         self.https = parts.scheme == "https"
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._ssl = ssl.create_default_context() if self.https else None
         super().__init__(label or redact_url(url), f"GET {self.path}")
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._password,) if self._password else ()
 
     def connect(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
@@ -277,11 +292,13 @@ class HTTPTarget(Target):
         try:
             conn = self.connect()
         except Exception as exc:
-            raise CLIError(f"cannot connect to {self.label}: {_one_line(exc)}") from None
+            raise CLIError(f"cannot connect to {self.label}: {self.describe_error(exc)}") from None
         try:
             self.request(conn)
         except Exception as exc:
-            raise CLIError(f"a request to {self.label} failed: {_one_line(exc)}") from None
+            raise CLIError(
+                f"a request to {self.label} failed: {self.describe_error(exc)}"
+            ) from None
         finally:
             self.close(conn)
 

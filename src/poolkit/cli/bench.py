@@ -151,7 +151,7 @@ def measure(
             close_pool()
             raise CLIError(
                 f"cannot open {min(size, concurrency)} connections to {target.label}: "
-                f"{' '.join(str(exc).split())}"
+                f"{target.describe_error(exc)}"
             ) from None
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -223,7 +223,7 @@ def measure(
         p50_ms=_ms(_percentile(merged, 0.50)),
         p99_ms=_ms(_percentile(merged, 0.99)),
         connections_opened=int(stats.created_total),
-        first_error=None if err is None else f"{type(err).__name__}: {err}",
+        first_error=None if err is None else f"{type(err).__name__}: {target.describe_error(err)}",
     )
 
 
