@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
@@ -125,20 +126,11 @@ class WorkerPool(Executor, Generic[R]):
         self._acquire_timeout = acquire_timeout
         self._close_pool = close_pool
         self._name = name if name is not None else f"workers-{pool.name}"
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._not_full = threading.Condition(self._lock)
-        self._queue: deque[_WorkItem] = deque()
         self._threads: list[threading.Thread] = []
-        self._idle_workers = 0
-        self._blocked_submitters = 0
-        self._shutdown = False
-        self._running = 0
-        self._submitted = 0
-        self._completed = 0
-        self._failed = 0
-        self._cancelled = 0
-        self._rejected = 0
+        # Worker threads share only this state (not the executor), so an executor dropped
+        # without shutdown() is garbage-collected and its idle threads exit.
+        self._state = state = _State()
+        weakref.finalize(self, state.stop)
 
     @property
     def pool(self) -> Pool[R]:
@@ -168,91 +160,50 @@ class WorkerPool(Executor, Generic[R]):
     ) -> Future[T]:
         future: Future[T] = Future()
         item = _WorkItem(future, fn, args, kwargs)
-        with self._lock:
-            if self._shutdown:
+        st = self._state
+        limit = self._max_queued
+        with st.lock:
+            if st.shutdown:
                 raise RuntimeError(f"cannot schedule new tasks after {self._name!r} shut down")
-            if len(self._queue) >= self._max_queued:
+            if len(st.queue) >= limit:
                 if not block:
-                    self._rejected += 1
+                    st.rejected += 1
                     raise PoolFull(
-                        f"{self._name!r}: task queue is full ({self._max_queued} queued, "
-                        f"max_queued={self._max_queued}); retry later or raise max_queued"
+                        f"{self._name!r}: task queue is full ({limit} queued, "
+                        f"max_queued={limit}); retry later or raise max_queued"
                     )
                 deadline = None if timeout is None else time.monotonic() + timeout
-                while len(self._queue) >= self._max_queued and not self._shutdown:
+                while len(st.queue) >= limit and not st.shutdown:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
-                        self._rejected += 1
+                        st.rejected += 1
                         raise PoolFull(
-                            f"{self._name!r}: task queue stayed full ({self._max_queued} "
+                            f"{self._name!r}: task queue stayed full ({limit} "
                             f"queued) for {timeout}s; raise max_queued or submit_timeout"
                         )
-                    self._blocked_submitters += 1
+                    st.blocked_submitters += 1
                     try:
-                        self._not_full.wait(remaining)
+                        st.not_full.wait(remaining)
                     finally:
-                        self._blocked_submitters -= 1
-                if self._shutdown:
+                        st.blocked_submitters -= 1
+                if st.shutdown:
                     raise RuntimeError(f"cannot schedule new tasks after {self._name!r} shut down")
-            self._queue.append(item)
-            self._submitted += 1
-            spawn = self._idle_workers < len(self._queue) and len(self._threads) < (
-                self._max_workers
-            )
-            if spawn:
+            st.queue.append(item)
+            st.submitted += 1
+            thread = None
+            if st.idle_workers < len(st.queue) and len(self._threads) < self._max_workers:
                 thread = threading.Thread(
-                    target=self._work,
+                    target=_work,
+                    args=(st, self._pool, self._acquire_timeout),
                     name=f"{self._name}-{len(self._threads)}",
                     daemon=True,
                 )
                 self._threads.append(thread)
-            if self._idle_workers:
-                self._not_empty.notify()
-        if spawn:
+            if st.idle_workers:
+                st.not_empty.notify()
+        if thread is not None:
             thread.start()
         return future
-
-    def _work(self) -> None:
-        pool = self._pool
-        timeout = self._acquire_timeout
-        outcome = -1  # of the previous task: 0 completed, 1 failed, 2 cancelled, -1 none
-        while True:
-            with self._lock:
-                # Count the previous task here, in the same lock section as the next dequeue.
-                if outcome >= 0:
-                    self._running -= 1
-                    if outcome == 0:
-                        self._completed += 1
-                    elif outcome == 1:
-                        self._failed += 1
-                    else:
-                        self._cancelled += 1
-                while not self._queue and not self._shutdown:
-                    self._idle_workers += 1
-                    self._not_empty.wait()
-                    self._idle_workers -= 1
-                if not self._queue:
-                    return
-                item = self._queue.popleft()
-                if self._blocked_submitters:
-                    self._not_full.notify()
-                self._running += 1
-            future = item.future
-            outcome = 0
-            if not future.set_running_or_notify_cancel():
-                outcome = 2
-            else:
-                try:
-                    with pool.acquire(timeout) as resource:
-                        result = item.fn(resource, *item.args, **item.kwargs)
-                except BaseException as exc:
-                    future.set_exception(exc)
-                    outcome = 1
-                    del exc
-                else:
-                    future.set_result(result)
-                    del result
-            del item, future
 
     def map(
         self,
@@ -304,21 +255,14 @@ class WorkerPool(Executor, Generic[R]):
         Queued tasks still run otherwise. ``wait=True`` waits for the worker threads to
         finish; the pool is closed afterwards only when ``close_pool`` was given.
         """
-        dropped: list[_WorkItem] = []
-        with self._lock:
-            self._shutdown = True
-            if cancel_futures:
-                dropped = list(self._queue)
-                self._queue.clear()
-            self._not_empty.notify_all()
-            self._not_full.notify_all()
-            threads = list(self._threads)
+        st = self._state
+        dropped = st.stop(cancel_futures)
         for item in dropped:
             if item.future.cancel():
-                with self._lock:
-                    self._cancelled += 1
+                with st.lock:
+                    st.cancelled += 1
         if wait:
-            for thread in threads:
+            for thread in list(self._threads):
                 if thread is not threading.current_thread():
                     thread.join()
         if self._close_pool:
@@ -326,27 +270,117 @@ class WorkerPool(Executor, Generic[R]):
 
     def stats(self) -> WorkerPoolStats:
         """Return a consistent snapshot of the counters."""
-        with self._lock:
+        st = self._state
+        with st.lock:
             return WorkerPoolStats(
                 name=self._name,
                 workers=len(self._threads),
                 max_workers=self._max_workers,
-                queued=len(self._queue),
+                queued=len(st.queue),
                 max_queued=self._max_queued,
-                running=self._running,
-                submitted=self._submitted,
-                completed=self._completed,
-                failed=self._failed,
-                cancelled=self._cancelled,
-                rejected=self._rejected,
+                running=st.running,
+                submitted=st.submitted,
+                completed=st.completed,
+                failed=st.failed,
+                cancelled=st.cancelled,
+                rejected=st.rejected,
             )
 
     def __repr__(self) -> str:
-        state = "shut down" if self._shutdown else "running"
+        state = "shut down" if self._state.shutdown else "running"
         return (
             f"<WorkerPool {self._name!r} {state} workers={len(self._threads)}/"
-            f"{self._max_workers} queued={len(self._queue)}/{self._max_queued}>"
+            f"{self._max_workers} queued={len(self._state.queue)}/{self._max_queued}>"
         )
+
+
+class _State:
+    """What a WorkerPool shares with its threads: the queue, the lock and the counters."""
+
+    __slots__ = (
+        "blocked_submitters",
+        "cancelled",
+        "completed",
+        "failed",
+        "idle_workers",
+        "lock",
+        "not_empty",
+        "not_full",
+        "queue",
+        "rejected",
+        "running",
+        "shutdown",
+        "submitted",
+    )
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.not_empty = threading.Condition(self.lock)
+        self.not_full = threading.Condition(self.lock)
+        self.queue: deque[_WorkItem] = deque()
+        self.idle_workers = 0
+        self.blocked_submitters = 0
+        self.shutdown = False
+        self.running = 0
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.rejected = 0
+
+    def stop(self, cancel_queued: bool = False) -> list[_WorkItem]:
+        """Refuse new tasks and wake everyone; return the queued items removed (to cancel)."""
+        with self.lock:
+            self.shutdown = True
+            dropped: list[_WorkItem] = []
+            if cancel_queued:
+                dropped = list(self.queue)
+                self.queue.clear()
+            self.not_empty.notify_all()
+            self.not_full.notify_all()
+        return dropped
+
+
+def _work(st: _State, pool: Pool[Any], timeout: float | None) -> None:
+    """A worker thread: run queued tasks, each with a borrowed resource, until shut down."""
+    outcome = -1  # of the previous task: 0 completed, 1 failed, 2 cancelled, -1 none
+    while True:
+        with st.lock:
+            # Count the previous task here, in the same lock section as the next dequeue.
+            if outcome >= 0:
+                st.running -= 1
+                if outcome == 0:
+                    st.completed += 1
+                elif outcome == 1:
+                    st.failed += 1
+                else:
+                    st.cancelled += 1
+            while not st.queue and not st.shutdown:
+                st.idle_workers += 1
+                st.not_empty.wait()
+                st.idle_workers -= 1
+            if not st.queue:
+                return
+            item = st.queue.popleft()
+            if st.blocked_submitters:
+                st.not_full.notify()
+            st.running += 1
+        future = item.future
+        outcome = 0
+        if not future.set_running_or_notify_cancel():
+            outcome = 2
+        else:
+            try:
+                with pool.acquire(timeout) as resource:
+                    result = item.fn(resource, *item.args, **item.kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+                outcome = 1
+                del exc
+            else:
+                future.set_result(result)
+                del result
+        del item, future
 
 
 # -- asyncio -----------------------------------------------------------------------------------

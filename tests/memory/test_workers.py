@@ -420,3 +420,17 @@ def test_usable_from_asyncio_run_in_executor(pool: Pool[Res]) -> None:
     assert rid >= 1
     assert arg == "arg"
     assert pool.stats().in_use == 0
+
+
+def test_an_executor_dropped_without_shutdown_lets_its_threads_exit(pool: Pool[Res]) -> None:
+    import gc
+
+    ex = WorkerPool(pool, max_workers=2, name="dropped-executor")
+    assert ex.submit(lambda r: 1).result(WAIT) == 1
+    threads = [t for t in threading.enumerate() if t.name.startswith("dropped-executor-")]
+    assert threads
+    del ex
+    gc.collect()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
