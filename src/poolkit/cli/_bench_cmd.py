@@ -61,6 +61,8 @@ def _out_dir(path: Path | None) -> Path:
 def run_bench(args: argparse.Namespace) -> int:
     """Run ``poolkit bench`` as parsed by the command's parser; returns the exit code."""
     config = _config(args)
+    import matplotlib  # noqa: F401 - fail before measuring, not after, when the extra is missing
+
     out = Console()
     err = Console(stderr=True)
     if args.target:
