@@ -584,6 +584,7 @@ def bench_amap(tasks: int, repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     args = parser.parse_args()
     n, repeat, tasks = (2000, 3, 400) if args.quick else (20000, 5, 4000)
     print(
@@ -600,6 +601,11 @@ def main() -> None:
         bench_arrow(n, repeat, tmp)
         bench_workers(tasks, repeat, tmp)
         bench_amap(tasks, repeat)
+    if args.markdown:
+        print("\n| benchmark | pooled | time/op | baseline | time/op | baseline/pooled |")
+        print("|---|---|---:|---|---:|---:|")
+        for section, name_a, a, name_b, b in rows:
+            print(f"| {section} | {name_a} | {fmt(a)} | {name_b} | {fmt(b)} | **x{b / a:.2f}** |")
 
 
 if __name__ == "__main__":
