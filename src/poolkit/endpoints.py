@@ -68,7 +68,12 @@ class Endpoint(Generic[T]):
 
 @dataclass(frozen=True)
 class EndpointStats:
-    """One endpoint's state and counters (``state``: healthy, ejected or probing)."""
+    """One endpoint's state and counters (``state``: healthy, ejected or probing).
+
+    Example::
+
+        down = [e.name for e in pool.stats().endpoints if e.state != "healthy"]
+    """
 
     name: str
     state: EndpointState
