@@ -42,7 +42,7 @@ class ResourceInfo:
     id: int
     age_s: float
     idle_s: float
-    uses: int
+    uses: int  #: times lent, counting the borrow being checked
 
 
 class Factory(Generic[R]):

@@ -255,7 +255,7 @@ class AsyncPool(ShellBase, Generic[R]):
         ):
             lease._entry = entry
             lease.resource = entry.resource
-            entry.owner = lease
+            entry.owner = id(lease)
             if self._listeners.acquire:
                 self._emit("acquire", entry, duration_s=0.0)
             return
@@ -312,7 +312,7 @@ class AsyncPool(ShellBase, Generic[R]):
             break  # a handed-over resource was just returned or created: no check needed
         lease._entry = entry
         lease.resource = entry.resource
-        entry.owner = lease
+        entry.owner = id(lease)
         if self._track_leaks:
             self._borrow_site(entry)
         self._emit("acquire", entry, duration_s=waited)
@@ -378,7 +378,7 @@ class AsyncPool(ShellBase, Generic[R]):
         entry = lease._entry
         if entry is None:
             raise ReleaseError(f"{lease!r} was already released")
-        if entry.owner is not lease or entry.state != IN_USE:
+        if entry.owner != id(lease) or entry.state != IN_USE:
             raise ReleaseError(f"{lease!r} does not hold resource #{entry.id} any more")
         lease._entry = None
         hooks = self._hooks
@@ -393,6 +393,11 @@ class AsyncPool(ShellBase, Generic[R]):
                 logger.exception("poolkit: pool %r: is_broken hook failed", self.name)
                 reason = "broken"
         if reason is None and hooks.reset is not None:
+            if isinstance(exc, asyncio.CancelledError):
+                # the borrower is being cancelled: reset in the background, bounded, so the
+                # cancellation is not held up and the slot is never lost
+                self._spawn(self._reset_later(entry))
+                return
             try:
                 await hooks.reset(entry.resource)
             except BaseException as reset_error:  # cancelled mid-reset: destroy, keep the slot
@@ -405,6 +410,17 @@ class AsyncPool(ShellBase, Generic[R]):
                 return
         self._finish_release(entry, reason)
 
+    async def _reset_later(self, entry: Entry) -> None:
+        reset = self._hooks.reset
+        assert reset is not None
+        reason = None
+        try:
+            await asyncio.wait_for(reset(entry.resource), self._core.config.acquire_timeout)
+        except BaseException as exc:
+            logger.debug("poolkit: pool %r: reset of #%d failed: %r", self.name, entry.id, exc)
+            reason = "reset"
+        self._finish_release(entry, reason)
+
     def _finish_release(self, entry: Entry, reason: str | None) -> None:
         now = self._clock()
         core = self._core
@@ -414,10 +430,10 @@ class AsyncPool(ShellBase, Generic[R]):
                 waiter.wake()
         else:
             core.discard(entry, reason, now)
-        if core.trash:
-            self._flush()
         if self._listeners.release:
             self._emit("release", entry, duration_s=now - entry.borrowed_at)
+        if core.trash:
+            self._flush()
 
     def _leaked(self, entry: Entry) -> None:
         """A lease was garbage-collected unreleased (from ``__del__``, maybe another thread)."""

@@ -49,7 +49,7 @@ class Lease(Generic[R]):
         self._pool = pool
         self._entry: Entry | None = entry
         self.resource: R = entry.resource
-        entry.owner = self
+        entry.owner = id(self)
 
     @property
     def id(self) -> int:
@@ -348,7 +348,7 @@ class Pool(ShellBase, Generic[R]):
         entry = lease._entry
         if entry is None:
             raise ReleaseError(f"{lease!r} was already released")
-        if entry.owner is not lease or entry.state != IN_USE:
+        if entry.owner != id(lease) or entry.state != IN_USE:
             raise ReleaseError(f"{lease!r} does not hold resource #{entry.id} any more")
         lease._entry = None
         hooks = self._hooks
@@ -387,10 +387,10 @@ class Pool(ShellBase, Generic[R]):
                 waiter = None
         if waiter is not None:
             waiter.wake()
-        if core.trash:
-            self._flush()
         if self._listeners.release:
             self._emit("release", entry, duration_s=now - entry.borrowed_at)
+        if core.trash:
+            self._flush()
 
     def _leaked(self, entry: Entry) -> None:
         """A lease was garbage-collected unreleased (called from ``__del__``: never block)."""
