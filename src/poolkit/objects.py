@@ -151,13 +151,18 @@ class ObjectPool(Generic[T]):
 
     def get(self) -> T:
         """Return an idle object (most recently returned first) or a new one; never blocks."""
-        with self._lock:
+        # acquire()/release() rather than ``with``: measurably cheaper on the hot path.
+        lock = self._lock
+        lock.acquire()
+        try:
             self._gets += 1
             if self._idle:
                 obj = self._idle.pop()
                 self._idle_ids.discard(id(obj))
                 return obj
             self._news += 1
+        finally:
+            lock.release()
         return self._new()
 
     def put(self, obj: T) -> None:
@@ -187,7 +192,9 @@ class ObjectPool(Generic[T]):
                     self._puts += 1
                     self._reset_errors += 1
                 raise
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if key in self._idle_ids:
                 self._double_put(obj, key)
             self._puts += 1
@@ -196,6 +203,8 @@ class ObjectPool(Generic[T]):
                 return
             self._idle.append(obj)
             self._idle_ids.add(key)
+        finally:
+            lock.release()
 
     def _double_put(self, obj: T, key: int) -> NoReturn:
         raise ReleaseError(
