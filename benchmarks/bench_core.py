@@ -349,11 +349,11 @@ def run_sync(
             best: tuple[int, float] | None = None
             for _ in range(3):
                 n, secs = _single(impl, duration / 2)
-                if best is None or secs / n < best[1] / best[0]:
+                if best is None or secs / max(n, 1) < best[1] / max(best[0], 1):
                     best = (n, secs)
             assert best is not None
             n, secs = best
-            return Result(scenario, impl.name, 1, resources, hold, n, secs, secs / n * 1e9)
+            return Result(scenario, impl.name, 1, resources, hold, n, secs, secs / max(n, 1) * 1e9)
         sleeper = time.sleep if hold == "sleep(0)" else None
         flag = [True]
         counts = [0] * workers
@@ -549,11 +549,13 @@ async def run_async(
                 start = time.perf_counter()
                 n = await _run_for(impl, flag, start + duration / 2)
                 secs = time.perf_counter() - start
-                if best is None or secs / n < best[1] / best[0]:
+                if best is None or secs / max(n, 1) < best[1] / max(best[0], 1):
                     best = (n, secs)
             assert best is not None
             n, secs = best
-            return Result(scenario, impl.name, 1, resources, hold_name, n, secs, secs / n * 1e9)
+            return Result(
+                scenario, impl.name, 1, resources, hold_name, n, secs, secs / max(n, 1) * 1e9
+            )
         flag = [True]
         waits: list[list[int]] = [[] for _ in range(tasks)]
         start = time.perf_counter()

@@ -1053,6 +1053,11 @@ PROXY_MODES: tuple[str, ...] = ("pass", "refuse", "reset", "freeze", "deaf", "la
 _BUFFER_LIMIT = 1 << 20  # stop reading a side while this much is queued for the other
 
 
+def _queued(out: bytearray, pending: deque[tuple[float, bytes]]) -> int:
+    """Bytes waiting to go one way: in the output buffer plus those held back by latency."""
+    return len(out) + sum(len(data) for _, data in pending) if pending else len(out)
+
+
 def _rst_close(sock: socket.socket) -> None:
     """Close with SO_LINGER 0 so the peer gets a RST instead of a FIN."""
     with contextlib.suppress(OSError):
@@ -1526,16 +1531,18 @@ class TcpProxy:
         if flow.closed:
             return
         frozen = self._mode == "freeze"
+        room_up = _queued(flow.out_up, flow.pending_up) < _BUFFER_LIMIT
+        room_down = _queued(flow.out_down, flow.pending_down) < _BUFFER_LIMIT
         c_ev = 0
         u_ev = 0
         if flow.connecting:
             u_ev = selectors.EVENT_WRITE
-            if not frozen and not flow.eof_client and len(flow.out_up) < _BUFFER_LIMIT:
+            if not frozen and not flow.eof_client and room_up:
                 c_ev |= selectors.EVENT_READ
         elif not frozen:
-            if not flow.eof_client and len(flow.out_up) < _BUFFER_LIMIT:
+            if not flow.eof_client and room_up:
                 c_ev |= selectors.EVENT_READ
-            if not flow.eof_upstream and len(flow.out_down) < _BUFFER_LIMIT:
+            if not flow.eof_upstream and room_down:
                 u_ev |= selectors.EVENT_READ
             if flow.out_up:
                 u_ev |= selectors.EVENT_WRITE

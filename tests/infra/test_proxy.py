@@ -52,8 +52,9 @@ def test_pass_forwards_both_ways_and_counts(echo, tcp_proxy):
     wait_for(lambda: proxy.connections == 0, what="flows to close")
 
 
-def test_large_transfer_is_intact(echo, tcp_proxy):
-    proxy = tcp_proxy(echo.address)
+@pytest.mark.parametrize("mode", ["pass", "latency"])
+def test_large_transfer_is_intact(echo, tcp_proxy, mode):
+    proxy = tcp_proxy(echo.address, mode=mode, latency_s=0.002)
     payload = bytes(range(256)) * 16384  # 4 MiB, more than the proxy buffers
     got = bytearray()
     with connect(proxy) as s:
@@ -132,7 +133,7 @@ def test_deaf_hangs_new_connects_but_keeps_flows(echo, tcp_proxy):
         proxy.set_mode("pass")
         with connect(proxy) as new:
             assert roundtrip(new) == b"ping"
-        assert proxy.connections == 2  # fillers used to jam the queue are not flows
+            assert proxy.connections == 2  # fillers used to jam the queue are not flows
 
 
 def test_latency_delays_each_direction(echo, tcp_proxy):
