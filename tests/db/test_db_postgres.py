@@ -373,3 +373,37 @@ def test_asyncpg_killed_connection_is_replaced(pg_admin: Any) -> None:
             assert await db.fetchone("SELECT 3") == (3,)
 
     _run(main())
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+asyncpg", "mysql"])
+def test_async_canary_password_never_leaks(caplog: pytest.LogCaptureFixture, scheme: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    events: list[PoolEvent] = []
+
+    async def main() -> None:
+        for port in (1, None):  # a refused connect, then (PostgreSQL) a working one
+            if port is None and scheme == "mysql":
+                continue
+            where = f"127.0.0.1:{port}" if port else "127.0.0.1:5432"
+            url = f"{scheme}://postgres:{CANARY}@{where}/test"
+            db = AsyncDBPool.from_url(url, max_size=2, acquire_timeout=1)
+            for kind in ("create", "create_error", "destroy", "timeout"):
+                db.pool.on(kind, events.append)
+            try:
+                try:
+                    await db.fetchone("SELECT 1")
+                except PoolTimeout as exc:
+                    chain: BaseException | None = exc
+                    while chain is not None:
+                        texts.extend([str(chain), repr(chain), repr(chain.args)])
+                        chain = chain.__cause__ or chain.__context__
+                texts.extend([repr(db), str(db.stats()), repr(db.factory), db.name])
+            finally:
+                await db.close()
+
+    _run(main())
+    texts += [repr(e) for e in events] + [str(e.error) for e in events if e.error]
+    texts += [r.getMessage() for r in caplog.records]
+    assert len(texts) > 8
+    assert not [t for t in texts if CANARY in t]
