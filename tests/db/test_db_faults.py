@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from helpers import wait_for
 from poolkit import PoolTimeout
 from poolkit.db import AsyncDBPool, DBPool
+
+from helpers import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
