@@ -9,9 +9,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from helpers import wait_for
 from poolkit import PoolTimeout
 from poolkit.keyed import KeyedPool
+
+from helpers import wait_for
 
 KEYS = ("a", "b", "c", "d")
 MAX_PER_KEY = 2

@@ -11,10 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import wait_for
 from poolkit.async_keyed import AsyncKeyedPool
 from poolkit.endpoints import Endpoint, EndpointPool
 from poolkit.keyed import KeyedPool
+
+from helpers import wait_for
 from servers import PrivatePostgres
 
 DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -278,3 +279,92 @@ def test_async_keyed_pool_asyncpg_never_more_than_max_total_open() -> None:
     peak = asyncio.run(asyncio.wait_for(main(), 80))
     assert served == 32 * 15
     assert 0 < peak <= 8, peak
+
+
+@pytest.mark.faults
+@pytest.mark.slow
+def test_async_endpoint_pool_asyncpg_fails_over_and_rejoins(postgres_binaries: None) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from poolkit.async_endpoints import AsyncEndpointPool
+
+    servers = [PrivatePostgres() for _ in range(2)]
+    ports = {pg.port: f"pg{i}" for i, pg in enumerate(servers)}
+
+    async def connect(port: int) -> Any:
+        return await asyncpg.connect(
+            host="127.0.0.1", port=port, user="postgres", database="postgres", timeout=3
+        )
+
+    def broken(conn: Any, exc: BaseException | None) -> bool:
+        return conn.is_closed() or isinstance(
+            exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+        )
+
+    async def main() -> None:
+        pool: AsyncEndpointPool[int, Any] = AsyncEndpointPool(
+            connect,
+            [Endpoint(pg.port, name=ports[pg.port]) for pg in servers],
+            destroy=lambda c: c.close(timeout=1),
+            is_broken=broken,
+            strategy="least_in_use",
+            max_per_endpoint=4,
+            failure_threshold=2,
+            base_backoff=1.0,
+            acquire_timeout=20,
+            drain_timeout=1.0,
+        )
+        served: list[tuple[float, str]] = []
+        failed: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def worker() -> None:
+            for _ in range(5000):
+                if stop.is_set():
+                    return
+                started = time.monotonic()
+                try:
+                    lease = await pool.get()
+                    async with lease as conn:
+                        await conn.fetchval("SELECT 1")
+                    served.append((started, lease.endpoint.name))
+                except Exception as exc:
+                    failed.append(exc)
+                await asyncio.sleep(0.001)
+
+        def state(name: str) -> str:
+            return next(e.state for e in pool.stats().endpoints if e.name == name)
+
+        async def until(predicate: Any, what: str, timeout: float = 20) -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.01)
+
+        async with pool:
+            workers = [asyncio.create_task(worker()) for _ in range(12)]
+            await until(lambda: len(served) >= 100, "warm-up")
+            await asyncio.to_thread(servers[1].kill)
+            await until(lambda: state("pg1") == "ejected", "ejection")
+            ejected_seen = time.monotonic()
+            n = len(served)
+            await until(lambda: len(served) >= n + 200, "load after the ejection")
+            restarted_at = time.monotonic()
+            await asyncio.to_thread(servers[1].start)
+            await until(lambda: state("pg1") == "healthy", "rejoin")
+            n = len(served)
+            await until(lambda: sum(1 for _, ep in served[n:] if ep == "pg1") >= 10, "traffic back")
+            stop.set()
+            await asyncio.gather(*workers)
+        late = [ep for t, ep in served if ejected_seen < t < restarted_at and ep == "pg1"]
+        assert late == []
+        assert len(failed) <= 4, [repr(e)[:120] for e in failed[:5]]
+        assert not any(isinstance(e, TimeoutError) for e in failed)
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 80))
+    finally:
+        for pg in servers:
+            pg.cleanup()
