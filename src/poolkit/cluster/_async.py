@@ -115,6 +115,7 @@ class AsyncRedisBudget:
         self._release_script = self._redis.register_script(_scripts.RELEASE)
         self._closed = False
         self._proc = new_proc_id()
+        self._acquire_argv = acquire_args(self._cfg, self._proc)
         self._held: dict[str, BudgetToken] = {}
         self._freed = asyncio.Event()
         self._local_seq = 0
@@ -171,9 +172,7 @@ class AsyncRedisBudget:
                     await asyncio.wait_for(self._freed.wait(), wait)
                 continue
             try:
-                reply = await self._acquire_script(
-                    keys=self._keys, args=acquire_args(cfg, self._proc)
-                )
+                reply = await self._acquire_script(keys=self._keys, args=self._acquire_argv)
             except REDIS_DOWN as e:
                 self._mark_down(e, "acquire")
                 return self._local_grant(e)

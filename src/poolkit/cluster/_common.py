@@ -291,10 +291,10 @@ class Refusal:
 
 def parse_acquire(reply: object) -> Grant | Refusal:
     """Turn the acquire script's reply into a ``Grant`` or a ``Refusal``."""
-    if not isinstance(reply, list):
+    if not isinstance(reply, list) or len(reply) != 6:
         raise TypeError(f"unexpected acquire reply {reply!r}")
-    if _int(reply[0]) == 1:
-        return Grant(*(_int(x) for x in reply[1:6]))
+    if reply[0] == 1:  # integers arrive as int
+        return Grant(reply[1], reply[2], reply[3], reply[4], reply[5])
     return Refusal(_str(reply[1]), _int(reply[2]), _int(reply[3]), _int(reply[4]), _int(reply[5]))
 
 

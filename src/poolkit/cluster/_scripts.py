@@ -17,21 +17,28 @@ from __future__ import annotations
 _PRELUDE = """
 local holders, counts, procs, meta, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local waiting = KEYS[6]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function fmt(n) return string.format('%d', n) end
 local function proc_of(member) return string.match(member, '^(.*)#') end
 local function dec(proc)
   local n = redis.call('HINCRBY', counts, proc, -1)
   if n <= 0 then redis.call('HDEL', counts, proc) end
 end
-local function purge()
+"""
+
+# Server time and the helpers that need it (acquire and renew; release needs no clock).
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function purge_holders()
   local expired = redis.call('ZRANGEBYSCORE', holders, '-inf', fmt(now), 'LIMIT', 0, 1000)
   for i = 1, #expired do
     redis.call('ZREM', holders, expired[i])
     local p = proc_of(expired[i])
     if p then dec(p) end
   end
+end
+local function purge()
+  purge_holders()
   redis.call('ZREMRANGEBYSCORE', procs, '-inf', fmt(now))
 end
 -- Returns epoch, 1 if the meta key had to be created (first use or Redis lost its data).
@@ -56,6 +63,7 @@ end
 #      or {0, reason, count, mine, wait_ms, epoch}; reason in quiet|max|full|reserved
 ACQUIRE = (
     _PRELUDE
+    + _CLOCK
     + """
 local proc = ARGV[1]
 local limit = tonumber(ARGV[2])
@@ -64,37 +72,53 @@ local min_per = tonumber(ARGV[4])
 local max_per = tonumber(ARGV[5])
 local quiet_ms = tonumber(ARGV[6])
 local proc_ttl = tonumber(ARGV[7])
-local epoch = ensure_meta(quiet_ms)
-purge()
-redis.call('ZADD', procs, fmt(now + proc_ttl), proc)
-touch(ttl)
-local quiet_until = tonumber(redis.call('HGET', meta, 'quiet_until') or '0')
-local count = redis.call('ZCARD', holders)
-local mine = tonumber(redis.call('HGET', counts, proc) or '0')
-if now < quiet_until then return {0, 'quiet', count, mine, quiet_until - now, epoch} end
-if max_per > 0 and mine >= max_per then return {0, 'max', count, mine, 0, epoch} end
-if count >= limit then
-  redis.call('SET', waiting, '1', 'PX', 2000)
-  return {0, 'full', count, mine, 0, epoch}
+-- The common path (a free slot, no fair-share options) makes 7 redis.call()s.
+local m = redis.call('HMGET', meta, 'epoch', 'quiet_until')
+local epoch, quiet_until, fresh = tonumber(m[1]), tonumber(m[2] or '0'), false
+if not epoch then
+  epoch, quiet_until, fresh = now, now + quiet_ms, true
+  redis.call('HSET', meta, 'epoch', fmt(now), 'fence', fmt(now * 1000),
+             'quiet_until', fmt(quiet_until))
 end
+purge_holders()
+if min_per > 0 then
+  redis.call('ZREMRANGEBYSCORE', procs, '-inf', fmt(now))
+  redis.call('ZADD', procs, fmt(now + proc_ttl), proc)
+end
+local count = redis.call('ZCARD', holders)
+local mine = 0
+if min_per > 0 or max_per > 0 or count >= limit or now < quiet_until then
+  mine = tonumber(redis.call('HGET', counts, proc) or '0')
+end
+local function refuse(reason, wait_ms)
+  touch(ttl)
+  if reason == 'full' or reason == 'reserved' then
+    redis.call('SET', waiting, '1', 'PX', 2000)
+  end
+  return {0, reason, count, mine, wait_ms, epoch}
+end
+if now < quiet_until then return refuse('quiet', quiet_until - now) end
+if max_per > 0 and mine >= max_per then return refuse('max', 0) end
+if count >= limit then return refuse('full', 0) end
 if min_per > 0 and mine >= min_per then
   local live = redis.call('ZRANGE', procs, 0, -1)
+  local flat = redis.call('HGETALL', counts)
+  local held = {}
+  for i = 1, #flat, 2 do held[flat[i]] = tonumber(flat[i + 1]) end
   local reserved = 0
   for i = 1, #live do
     if live[i] ~= proc then
-      local c = tonumber(redis.call('HGET', counts, live[i]) or '0')
+      local c = held[live[i]] or 0
       if c < min_per then reserved = reserved + (min_per - c) end
     end
   end
-  if count + reserved >= limit then
-    redis.call('SET', waiting, '1', 'PX', 2000)
-    return {0, 'reserved', count, mine, 0, epoch}
-  end
+  if count + reserved >= limit then return refuse('reserved', 0) end
 end
 local fence = redis.call('HINCRBY', meta, 'fence', 1)
 local expiry = now + ttl
 redis.call('ZADD', holders, fmt(expiry), proc .. '#' .. fmt(fence))
 redis.call('HINCRBY', counts, proc, 1)
+if count == 0 or fresh then touch(ttl) end  -- renewals keep the TTLs fresh after that
 return {1, fence, epoch, now, expiry, count + 1}
 """
 )
@@ -105,6 +129,7 @@ return {1, fence, epoch, now, expiry, count + 1}
 # Returns {epoch, fresh, now, expiry, count, quiet_until, missing_member...}
 RENEW = (
     _PRELUDE
+    + _CLOCK
     + """
 local proc = ARGV[1]
 local ttl = tonumber(ARGV[2])

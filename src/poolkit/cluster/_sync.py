@@ -121,6 +121,7 @@ class RedisBudget:
     def _init_process_state(self) -> None:
         self._pid = os.getpid()
         self._proc = new_proc_id()
+        self._acquire_argv = acquire_args(self._cfg, self._proc)
         self._lock = threading.Lock()
         self._freed = threading.Condition(self._lock)
         self._held: dict[str, BudgetToken] = {}
@@ -189,7 +190,7 @@ class RedisBudget:
                             self._freed.wait(wait)
                     continue
             try:
-                reply = self._acquire_script(keys=self._keys, args=acquire_args(cfg, self._proc))
+                reply = self._acquire_script(keys=self._keys, args=self._acquire_argv)
             except REDIS_DOWN as e:
                 self._mark_down(e, "acquire")
                 return self._local_grant(e)
