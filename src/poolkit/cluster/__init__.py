@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+try:
+    import redis as _redis  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "poolkit.cluster needs the redis package: pip install 'poolkit[redis]'"
+    ) from exc
+
 from poolkit.cluster._async import AsyncRedisBudget
 from poolkit.cluster._common import (
     BudgetExhausted,

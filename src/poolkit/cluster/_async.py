@@ -131,6 +131,7 @@ class AsyncRedisBudget:
         self._renewals = 0
         self._renew_failures = 0
         self._readded = 0
+        self._over_limit = False
 
     @property
     def name(self) -> str:
@@ -281,7 +282,8 @@ class AsyncRedisBudget:
             gone = [m for m in r.missing if m not in self._held]
             if gone:
                 await self._remove_on_server(gone)
-        if r.count > self._cfg.limit:
+        over = r.count > self._cfg.limit
+        if over and not self._over_limit:  # once per episode, not every interval
             log.warning(
                 "budget %r: over the limit (%d/%d leases) after re-registration; no new "
                 "leases until enough are released",
@@ -289,6 +291,7 @@ class AsyncRedisBudget:
                 r.count,
                 self._cfg.limit,
             )
+        self._over_limit = over
 
     async def close(self) -> None:
         """Stop the renewal task, give back every lease still held, close the Redis client

@@ -139,6 +139,7 @@ class RedisBudget:
         self._renewals = 0
         self._renew_failures = 0
         self._readded = 0
+        self._over_limit = False
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():  # forked: the child is a new holder with no leases
@@ -307,7 +308,8 @@ class RedisBudget:
                 gone = [m for m in r.missing if m not in self._held]
             if gone:  # released while the renewal was in flight: remove them again
                 self._remove_on_server(gone)
-        if r.count > self._cfg.limit:
+        over = r.count > self._cfg.limit
+        if over and not self._over_limit:  # once per episode, not every interval
             log.warning(
                 "budget %r: over the limit (%d/%d leases) after re-registration; no new "
                 "leases until enough are released",
@@ -315,6 +317,7 @@ class RedisBudget:
                 r.count,
                 self._cfg.limit,
             )
+        self._over_limit = over
 
     def close(self) -> None:
         """Stop renewing, give back every lease still held, close the Redis client (if this
