@@ -126,7 +126,8 @@ class RedisBudget:
         self._freed = threading.Condition(self._lock)
         self._held: dict[str, BudgetToken] = {}
         self._local_seq = 0
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # stops the renewer
+        self._closing = threading.Event()  # interrupts waits in acquire()
         self._thread: threading.Thread | None = None
         self._reachable = True
         self._last_error: str | None = None
@@ -208,7 +209,7 @@ class RedisBudget:
             if remaining <= 0:
                 raise self._exhausted(res, time.monotonic() - start)
             if res.reason == "quiet":
-                self._stop.wait(min(remaining, res.wait_ms / 1000 + 0.005))
+                self._closing.wait(min(remaining, res.wait_ms / 1000 + 0.005))
             elif res.reason == "max":
                 with self._freed:
                     self._freed.wait(min(remaining, delay))
@@ -326,6 +327,7 @@ class RedisBudget:
             return
         self._closed = True
         self._stop.set()
+        self._closing.set()
         with self._freed:
             self._freed.notify_all()
         t = self._thread
