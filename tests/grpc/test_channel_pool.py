@@ -7,13 +7,14 @@ import threading
 from collections.abc import Iterator
 from concurrent import futures
 
+import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-import grpc
-from helpers import FakeClock, wait_for
 from poolkit import PoolClosed, PoolTimeout
 from poolkit.grpc import AsyncChannelPool, ChannelPool
+
+from helpers import FakeClock, wait_for
 from servers import free_port
 
 REQ = health_pb2.HealthCheckRequest()

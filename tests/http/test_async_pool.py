@@ -10,15 +10,22 @@ from typing import Any, TypeVar
 
 import pytest
 
-from helpers import wait_for
 from poolkit.http import AsyncHTTPPool, TLSConfig
 from poolkit.http import _async as async_mod
+
+from helpers import wait_for
 from servers import PrivateNginx, free_port
 
 pytestmark = pytest.mark.usefixtures("nginx_binary")
 
 T = TypeVar("T")
 UA = {"User-Agent": "poolkit-test"}
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def parser(request: pytest.FixtureRequest) -> str:
+    """Every async test runs with both response parsers."""
+    return str(request.param)
 
 
 def run(fn: Callable[[AsyncHTTPPool], Awaitable[T]], **kwargs: Any) -> T:
@@ -38,7 +45,7 @@ async def conn_of(pool: AsyncHTTPPool, url: str) -> tuple[int, int]:
     return int(serial), int(count)
 
 
-def test_keepalive_reuse_and_concurrency_bound(private_nginx: PrivateNginx) -> None:
+def test_keepalive_reuse_and_concurrency_bound(private_nginx: PrivateNginx, parser: str) -> None:
     web = private_nginx
 
     async def body(pool: AsyncHTTPPool) -> None:
@@ -53,14 +60,14 @@ def test_keepalive_reuse_and_concurrency_bound(private_nginx: PrivateNginx) -> N
         stats = pool.stats()
         assert stats.created_total <= 3
 
-    run(body, max_per_host=3, headers=UA)
+    run(body, parser=parser, max_per_host=3, headers=UA)
     entries = [e for e in web.access_log(min_entries=210) if e.user_agent == "poolkit-test"]
     assert len(entries) == 210
     assert len({e.connection for e in entries}) <= 3
 
 
 def test_idle_close_detected_and_retry(
-    short_keepalive_nginx: PrivateNginx, monkeypatch: pytest.MonkeyPatch
+    short_keepalive_nginx: PrivateNginx, monkeypatch: pytest.MonkeyPatch, parser: str
 ) -> None:
     web = short_keepalive_nginx
 
@@ -84,11 +91,11 @@ def test_idle_close_detected_and_retry(
         with pytest.raises((ConnectionError, http.client.HTTPException)):
             await pool.request("POST", web.url("/post"), body=b"once")
 
-    run(body)
+    run(body, parser=parser)
     assert [e for e in web.access_log() if e.method == "POST"] == []
 
 
-def test_restart_under_load(private_nginx: PrivateNginx) -> None:
+def test_restart_under_load(private_nginx: PrivateNginx, parser: str) -> None:
     web = private_nginx
     phase = ["before"]
     failures: list[tuple[str, BaseException]] = []
@@ -125,12 +132,12 @@ def test_restart_under_load(private_nginx: PrivateNginx) -> None:
         results = await asyncio.gather(*(worker() for _ in range(4)), restart())
         return [r for r in results if r is not None]
 
-    assert run(body, max_per_host=4) == [20] * 4, failures
+    assert run(body, parser=parser, max_per_host=4) == [20] * 4, failures
     assert [e for p, e in failures if p == "after"] == []
     assert len([e for p, e in failures if p == "before"]) <= 4
 
 
-def test_headers_isolated_and_streams(private_nginx: PrivateNginx) -> None:
+def test_headers_isolated_and_streams(private_nginx: PrivateNginx, parser: str) -> None:
     web = private_nginx
 
     async def body(pool: AsyncHTTPPool) -> None:
@@ -158,10 +165,10 @@ def test_headers_isolated_and_streams(private_nginx: PrivateNginx) -> None:
         after_close, count = await conn_of(pool, web.url("/conn"))
         assert after_close != fresh
 
-    run(body, headers=UA)
+    run(body, parser=parser, headers=UA)
 
 
-def test_timeout_and_connect_errors(private_nginx: PrivateNginx) -> None:
+def test_timeout_and_connect_errors(private_nginx: PrivateNginx, parser: str) -> None:
     async def body(pool: AsyncHTTPPool) -> None:
         with pytest.raises(TimeoutError):
             await pool.request("GET", private_nginx.url("/slow/1048576"), timeout=0.2)
@@ -169,10 +176,10 @@ def test_timeout_and_connect_errors(private_nginx: PrivateNginx) -> None:
             await pool.request("GET", f"http://127.0.0.1:{free_port()}/")
         assert (await pool.request("GET", private_nginx.url("/"))).status == 200
 
-    run(body)
+    run(body, parser=parser)
 
 
-def test_tls(tls_nginx: Any, certs: Any) -> None:
+def test_tls(tls_nginx: Any, certs: Any, parser: str) -> None:
     async def body(pool: AsyncHTTPPool) -> None:
         with pytest.raises(ssl.SSLCertVerificationError):
             await pool.request("GET", tls_nginx.tls_url("/"))
@@ -186,4 +193,23 @@ def test_tls(tls_nginx: Any, certs: Any) -> None:
         ).json()
         assert a["connection"] == b["connection"] != c["connection"]
 
-    run(body)
+    run(body, parser=parser)
+
+
+def test_head_204_and_request_validation(private_nginx: PrivateNginx, parser: str) -> None:
+    web = private_nginx
+
+    async def body(pool: AsyncHTTPPool) -> None:
+        head = await pool.request("HEAD", web.url("/bytes/1024"))
+        assert head.status == 200 and head.body == b""
+        assert head.headers["content-length"] == "1024"
+        for bad in ({"X-Evil": "a\r\nX-Injected: 1"}, {"Bad Name": "x"}):
+            with pytest.raises(ValueError, match="invalid request"):
+                await pool.request("GET", web.url("/"), headers=bad)
+        _, count = await conn_of(pool, web.url("/conn"))
+        assert count == 2  # the HEAD connection was reused; the invalid ones sent nothing
+        assert pool.parser == parser
+
+    run(body, parser=parser)
+    with pytest.raises(ValueError, match=r"parser \('fast'\) must be one of"):
+        AsyncHTTPPool(parser="fast")

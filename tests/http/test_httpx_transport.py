@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from poolkit.http import AsyncPoolkitTransport, HTTPPool, PoolkitTransport
+
 from servers import PrivateNginx, free_port
 
 pytestmark = pytest.mark.usefixtures("nginx_binary")

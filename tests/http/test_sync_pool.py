@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from helpers import wait_for
 from poolkit.http import HTTPPool, TLSConfig
 from poolkit.http import _sync as sync_mod
+
+from helpers import wait_for
 from servers import PrivateNginx
 
 pytestmark = pytest.mark.usefixtures("nginx_binary")

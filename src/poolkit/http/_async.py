@@ -1,13 +1,16 @@
-"""``AsyncHTTPPool``: persistent HTTP/1.1 connections per origin for asyncio, on ``h11``."""
+"""``AsyncHTTPPool``: persistent HTTP/1.1 connections per origin for asyncio (httptools or h11)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import http.client
+import importlib
+import re
 import select
 import socket
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Generator
 from types import TracebackType
 from typing import Any
@@ -34,9 +37,24 @@ from poolkit.keyed import KeyedPoolStats
 
 __all__ = ["AsyncHTTPPool", "AsyncStreamResponse"]
 
+
+def _optional(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - depends on the installation
+        return None
+
+
+# the fast parser (llhttp, in C) when installed; h11 (pure Python) otherwise
+httptools: Any = _optional("httptools")
+
 _DEFAULT: Any = object()
 _HIGH_WATER = 256 * 1024
 _POLLIN_ANY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+_PARSERS = ("auto", "httptools", "h11")
 _NEED_DATA = h11.NEED_DATA
 _DONE = h11.DONE
 _STALE_ERRORS = (
@@ -49,19 +67,18 @@ _STALE_ERRORS = (
 
 
 class _Conn(asyncio.Protocol):
-    """One connection: an asyncio transport feeding an ``h11.Connection``.
+    """One connection: an asyncio transport plus an HTTP/1.1 parser (see the subclasses).
 
     The event loop watches the socket all the time, so bytes or EOF arriving while the
     connection is idle in the pool mark it stale at once (``data_received``/``eof_received``),
-    which is the readability check, paid for by the loop instead of a syscall per borrow.
+    which is the readability check, paid for by the loop instead of a syscall per borrow
+    (``is_fresh`` adds a non-blocking ``poll`` for what the loop has not seen yet).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
         self.loop = loop
         self.origin = origin
-        self.h11 = h11.Connection(h11.CLIENT)
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
         self.eof = False
         self.error: BaseException | None = None
         self.busy = False
@@ -71,7 +88,6 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.write_waiter: asyncio.Future[None] | None = None
         self.poller: Any = None
-        self.response_started = False
         self.lost: asyncio.Future[None] = loop.create_future()
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -87,15 +103,6 @@ class _Conn(asyncio.Protocol):
             poller.register(sock.fileno(), _POLLIN_ANY)
             self.poller = poller
 
-    def data_received(self, data: bytes) -> None:
-        if not self.busy:
-            self.stale = True
-        self.buf += data
-        if len(self.buf) > _HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        self._wake()
-
     def eof_received(self) -> bool:
         self.eof = True
         self.stale = True
@@ -107,7 +114,8 @@ class _Conn(asyncio.Protocol):
             self.lost.set_result(None)
         self.eof = True
         self.stale = True
-        self.error = exc
+        if exc is not None and self.error is None:
+            self.error = exc
         self._wake()
         w = self.write_waiter
         if w is not None and not w.done():
@@ -127,6 +135,23 @@ class _Conn(asyncio.Protocol):
             self.waiter = None
             if not w.done():
                 w.set_result(None)
+
+    async def _wait(self) -> None:
+        error = self.error
+        if isinstance(error, TimeoutError):
+            raise TimeoutError("HTTP request timed out")
+        fut = self.waiter = self.loop.create_future()
+        await fut
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
 
     # -- helpers for the pool ----------------------------------------------------------
 
@@ -155,7 +180,7 @@ class _Conn(asyncio.Protocol):
         if ww is not None and not ww.done():
             ww.set_exception(TimeoutError("HTTP request timed out"))
 
-    async def write(self, data: bytes) -> None:
+    async def _write(self, data: bytes) -> None:
         t = self.transport
         if t is None or t.is_closing():
             raise ConnectionResetError("connection closed before the request was sent")
@@ -164,31 +189,273 @@ class _Conn(asyncio.Protocol):
         if w is not None:
             await w
 
-    async def next_event(self) -> Any:
-        """The next h11 event, reading from the transport as h11 asks."""
+    def _disconnected(self) -> BaseException:
+        if self.error is not None and not isinstance(self.error, TimeoutError):
+            return http.client.RemoteDisconnected(
+                f"Remote end closed connection without response ({self.error!r})"
+            )
+        return http.client.RemoteDisconnected("Remote end closed connection without response")
+
+    # -- the exchange, implemented per parser ------------------------------------------
+
+    @staticmethod
+    def prepare(
+        method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Any:
+        """Validate and encode a request before any connection is borrowed (ValueError)."""
+        raise NotImplementedError
+
+    async def send_request(self, prepared: Any, method: str, body: bytes | None) -> None:
+        raise NotImplementedError
+
+    async def read_head(self) -> tuple[int, str, list[tuple[str, str]]]:
+        """Wait for the response head: (status, reason, headers)."""
+        raise NotImplementedError
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body; ``b""`` once the body is complete."""
+        raise NotImplementedError
+
+    def finish_cycle(self) -> bool:
+        """After a complete exchange: ready for the next request (True) or not reusable."""
+        raise NotImplementedError
+
+
+class _H11Conn(_Conn):
+    """The portable parser: ``h11`` (pure Python), fed from a byte buffer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
+        super().__init__(loop, origin)
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.buf = bytearray()
+        self.response_started = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.stale = True
+        self.buf += data
+        if len(self.buf) > _HIGH_WATER:
+            self._pause()
+        self._wake()
+
+    async def _next_event(self) -> Any:
         conn = self.h11
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ProtocolError(str(exc)) from exc
             if event is not _NEED_DATA:
                 return event
             if not self.buf and not self.eof:
-                if isinstance(self.error, TimeoutError):
-                    raise TimeoutError("HTTP request timed out")
-                fut = self.waiter = self.loop.create_future()
-                await fut
+                await self._wait()
             if self.buf:
                 data = bytes(self.buf)
                 self.buf.clear()
-                if self.paused and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
+                self._resume()
                 conn.receive_data(data)
             elif self.eof:
                 if conn.their_state is h11.SEND_RESPONSE and not self.response_started:
-                    raise http.client.RemoteDisconnected(
-                        "Remote end closed connection without response"
-                    )
+                    raise self._disconnected()
                 conn.receive_data(b"")
+
+    @staticmethod
+    def prepare(
+        method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Any:
+        try:
+            return h11.Request(method=method, target=target, headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"invalid request: {exc}") from exc
+
+    async def send_request(self, prepared: Any, method: str, body: bytes | None) -> None:
+        h = self.h11
+        try:
+            data = h.send(prepared)
+            if body:
+                data += h.send(h11.Data(data=body))
+            data += h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"invalid request: {exc}") from exc
+        await self._write(data)
+
+    async def read_head(self) -> tuple[int, str, list[tuple[str, str]]]:
+        while True:
+            event = await self._next_event()
+            if type(event) is h11.Response:
+                self.response_started = True
+                headers = [
+                    (n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()
+                ]
+                return event.status_code, event.reason.decode("latin-1"), headers
+            if type(event) is not h11.InformationalResponse:
+                raise ProtocolError(f"unexpected HTTP event {event!r}")
+
+    async def read_chunk(self) -> bytes:
+        while True:
+            event = await self._next_event()
+            if type(event) is h11.Data:
+                if event.data:
+                    return bytes(event.data)
+            elif type(event) is h11.EndOfMessage:
+                return b""
+            else:
+                raise ProtocolError(f"unexpected HTTP event {event!r}")
+
+    def finish_cycle(self) -> bool:
+        h = self.h11
+        if h.our_state is _DONE and h.their_state is _DONE and not self.stale and not self.buf:
+            h.start_next_cycle()
+            self.response_started = False
+            self.error = None
+            return True
+        return False
+
+
+class _FastConn(_Conn):
+    """The fast parser: ``httptools`` (llhttp, in C) fed straight from ``data_received``.
+
+    Requests are serialised here after checking every byte that could split or smuggle a
+    request (CR, LF, NUL in values; header names and methods must be RFC 9110 tokens).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
+        super().__init__(loop, origin)
+        self.parser: Any = None
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.head_done = False
+        self.msg_done = False
+        self.keep_alive = False
+        self.is_head = False
+        self.got_bytes = False
+        self.framed = True
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.headers = []  # an interim response: the real one follows
+            return
+        self.status = status
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.is_head or status in (204, 304):
+            self.msg_done = True
+        else:
+            names = {n.lower() for n, _ in self.headers}
+            self.framed = "content-length" in names or "transfer-encoding" in names
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.msg_done = True
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy or self.msg_done:
+            self.stale = True  # bytes nobody asked for: never reuse this connection
+            self._wake()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = ProtocolError(f"invalid HTTP response: {exc}")
+            self.stale = True
+        if self.buffered > _HIGH_WATER:
+            self._pause()
+        self._wake()
+
+    @staticmethod
+    def prepare(
+        method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Any:
+        if _TOKEN.fullmatch(method) is None:
+            raise ValueError(f"invalid request: method {method!r} is not an HTTP token")
+        if _BAD_TARGET.search(target) is not None:
+            raise ValueError(f"invalid request: target {target!r} has spaces or control bytes")
+        lines = [f"{method} {target} HTTP/1.1\r\n"]
+        for name, value in headers:
+            if _TOKEN.fullmatch(name) is None:
+                raise ValueError(f"invalid request: header name {name!r} is not an HTTP token")
+            text = value.strip(" \t")
+            if _BAD_VALUE.search(text) is not None:
+                raise ValueError(f"invalid request: header {name!r} has CR, LF or NUL")
+            lines.append(f"{name}: {text}\r\n")
+        lines.append("\r\n")
+        try:
+            data = "".join(lines).encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"invalid request: header text is not latin-1: {exc}") from exc
+        return data + body if body else data
+
+    async def send_request(self, prepared: Any, method: str, body: bytes | None) -> None:
+        data: bytes = prepared
+        self.parser = httptools.HttpResponseParser(self)
+        self.status, self.reason, self.headers = 0, "", []
+        self.chunks.clear()
+        self.buffered = 0
+        self.head_done = self.msg_done = self.got_bytes = False
+        self.framed = True
+        self.is_head = method == "HEAD"
+        await self._write(data)
+
+    def _check(self) -> None:
+        error = self.error
+        if error is not None and not isinstance(error, TimeoutError):
+            if isinstance(error, ProtocolError):
+                raise error
+            if not self.head_done and not self.got_bytes:
+                raise self._disconnected()
+            raise ProtocolError(f"connection failed mid-response: {error!r}")
+
+    async def read_head(self) -> tuple[int, str, list[tuple[str, str]]]:
+        while not self.head_done:
+            self._check()
+            if self.eof:
+                if not self.got_bytes:
+                    raise self._disconnected()
+                raise ProtocolError("peer closed connection in the middle of the response head")
+            await self._wait()
+        return self.status, self.reason, self.headers
+
+    async def read_chunk(self) -> bytes:
+        chunks = self.chunks
+        while not chunks:
+            if self.msg_done:
+                return b""
+            self._check()
+            if self.eof:
+                if not self.framed:  # body delimited by the end of the connection
+                    self.msg_done = True
+                    self.keep_alive = False
+                    return b""
+                raise http.client.IncompleteRead(b"")
+            await self._wait()
+        data = chunks.popleft()
+        self.buffered -= len(data)
+        if self.paused and self.buffered < _HIGH_WATER // 2:
+            self._resume()
+        return data
+
+    def finish_cycle(self) -> bool:
+        if self.msg_done and self.keep_alive and not self.stale and not self.chunks:
+            self.parser = None
+            self.error = None
+            return True
+        return False
 
 
 async def _close(conn: _Conn) -> None:
@@ -227,17 +494,15 @@ class AsyncStreamResponse:
         self,
         lease: Any,
         conn: _Conn,
-        event: Any,
+        head: tuple[int, str, list[tuple[str, str]]],
         timer: asyncio.TimerHandle | None,
     ) -> None:
         self._lease = lease
         self._conn = conn
         self._timer = timer
-        self.status: int = event.status_code
-        self.reason: str = event.reason.decode("latin-1")
-        self.headers = Headers(
-            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()]
-        )
+        self.status: int = head[0]
+        self.reason: str = head[1]
+        self.headers = Headers(head[2])
 
     @property
     def closed(self) -> bool:
@@ -248,18 +513,14 @@ class AsyncStreamResponse:
         """Yield body chunks as they arrive."""
         while self._lease is not None:
             try:
-                event = await self._conn.next_event()
+                chunk = await self._conn.read_chunk()
             except BaseException:
                 await self._finish(reuse=False)
                 raise
-            if type(event) is h11.Data:
-                yield bytes(event.data)
-            elif type(event) is h11.EndOfMessage:
+            if not chunk:
                 await self._finish(reuse=True)
                 return
-            else:
-                await self._finish(reuse=False)
-                raise ProtocolError(f"unexpected HTTP event {event!r}")
+            yield chunk
 
     async def read(self) -> bytes:
         """Read the rest of the body."""
@@ -279,7 +540,7 @@ class AsyncStreamResponse:
             self._timer.cancel()
         conn = self._conn
         conn.busy = False
-        if reuse and _cycle(conn):
+        if reuse and conn.finish_cycle():
             await lease.release()
         else:
             conn.close()
@@ -299,17 +560,6 @@ class AsyncStreamResponse:
     def __repr__(self) -> str:
         state = "closed" if self._lease is None else "open"
         return f"<AsyncStreamResponse [{self.status} {self.reason}] {state}>"
-
-
-def _cycle(conn: _Conn) -> bool:
-    """After a complete exchange: ready the connection for the next one, or say it can't be."""
-    h = conn.h11
-    if h.our_state is _DONE and h.their_state is _DONE and not conn.stale and not conn.buf:
-        h.start_next_cycle()
-        conn.response_started = False
-        conn.error = None
-        return True
-    return False
 
 
 class _StreamContext:
@@ -340,12 +590,14 @@ class _StreamContext:
 
 
 class AsyncHTTPPool:
-    """asyncio pool of persistent HTTP/1.1 connections (h11 over asyncio), one per origin key.
+    """asyncio pool of persistent HTTP/1.1 connections, one keyed sub-pool per origin.
 
     The same knobs and guarantees as :class:`HTTPPool`: keyed by (scheme, host, port, TLS
     settings), stale idle connections dropped before reuse, an idempotent request retried
     once on a fresh connection when a reused one turns out closed, TLS verified by default.
-    A pool belongs to the event loop that first used it.
+    Responses are parsed by ``httptools`` (llhttp, C) when it is installed, else by ``h11``;
+    ``parser="h11"`` or ``"httptools"`` chooses. A pool belongs to the event loop that
+    first used it.
 
     Example::
 
@@ -369,8 +621,19 @@ class AsyncHTTPPool:
         acquire_timeout: float = 30.0,
         tls: TLSConfig | None = None,
         headers: HeadersInput = None,
+        parser: str = "auto",
         name: str = "http",
     ) -> None:
+        if parser not in _PARSERS:
+            raise ValueError(f"parser ({parser!r}) must be one of {_PARSERS}")
+        if parser == "httptools" and httptools is None:
+            raise ValueError(
+                "parser ('httptools') needs the httptools package: pip install httptools"
+            )
+        self._conn_class: type[_Conn] = (
+            _FastConn if parser != "h11" and httptools is not None else _H11Conn
+        )
+        self.parser = "httptools" if self._conn_class is _FastConn else "h11"
         self._settings = PoolSettings(
             max_per_host=max_per_host,
             max_total=max_total,
@@ -393,7 +656,7 @@ class AsyncHTTPPool:
 
     async def _create(self, origin: Origin) -> _Conn:
         # an unconnected connection: the borrower connects it (see _connect)
-        return _Conn(asyncio.get_running_loop(), origin)
+        return self._conn_class(asyncio.get_running_loop(), origin)
 
     async def _connect(self, conn: _Conn) -> None:
         origin = conn.origin
@@ -433,7 +696,7 @@ class AsyncHTTPPool:
         body: Any,
         timeout: float | None,
         tls: TLSConfig | None,
-    ) -> tuple[Any, _Conn, Any, asyncio.TimerHandle | None]:
+    ) -> tuple[Any, _Conn, tuple[int, str, list[tuple[str, str]]], asyncio.TimerHandle | None]:
         scheme, host, port, host_header, target = parse_url(url)
         origin = self._origin(scheme, host, port, tls)
         payload = encode_body(body)
@@ -441,6 +704,7 @@ class AsyncHTTPPool:
         if timeout is _DEFAULT:
             timeout = self._timeout
         wire = wire_headers(host_header, self._default_headers, header_items(headers), payload)
+        prepared = self._conn_class.prepare(method, target, wire, payload)
         pool = self._pools
         retried = False
         stale = 0
@@ -462,27 +726,9 @@ class AsyncHTTPPool:
                 conn.busy = True
                 if timeout is not None:
                     timer = conn.loop.call_later(timeout, conn.timed_out)
-                h = conn.h11
-                try:
-                    data = h.send(h11.Request(method=method, target=target, headers=wire))
-                    if payload:
-                        data += h.send(h11.Data(data=payload))
-                    data += h.send(h11.EndOfMessage())
-                except h11.LocalProtocolError as exc:
-                    raise ValueError(f"invalid request: {exc}") from exc
                 conn.requests += 1
-                await conn.write(data)
-                while True:
-                    try:
-                        event = await conn.next_event()
-                    except h11.RemoteProtocolError as exc:
-                        raise ProtocolError(str(exc)) from exc
-                    if type(event) is h11.Response:
-                        break
-                    if type(event) is h11.InformationalResponse:
-                        continue
-                    raise ProtocolError(f"unexpected HTTP event {event!r}")
-                conn.response_started = True
+                await conn.send_request(prepared, method, payload)
+                head = await conn.read_head()
             except BaseException as exc:
                 if timer is not None:
                     timer.cancel()
@@ -498,7 +744,7 @@ class AsyncHTTPPool:
                     await pool.close_idle(origin)
                     continue
                 raise
-            return lease, conn, event, timer
+            return lease, conn, head, timer
 
     async def request(
         self,
@@ -514,20 +760,14 @@ class AsyncHTTPPool:
 
         ``timeout`` bounds the whole exchange (default: the pool's ``timeout``).
         """
-        lease, conn, event, timer = await self._send(method, url, headers, body, timeout, tls)
+        lease, conn, head, timer = await self._send(method, url, headers, body, timeout, tls)
         parts: list[bytes] = []
         try:
             while True:
-                try:
-                    ev = await conn.next_event()
-                except h11.RemoteProtocolError as exc:
-                    raise ProtocolError(str(exc)) from exc
-                if type(ev) is h11.Data:
-                    parts.append(ev.data)
-                elif type(ev) is h11.EndOfMessage:
+                chunk = await conn.read_chunk()
+                if not chunk:
                     break
-                else:
-                    raise ProtocolError(f"unexpected HTTP event {ev!r}")
+                parts.append(chunk)
         except BaseException:
             if timer is not None:
                 timer.cancel()
@@ -538,20 +778,13 @@ class AsyncHTTPPool:
         if timer is not None:
             timer.cancel()
         conn.busy = False
-        if _cycle(conn):
+        if conn.finish_cycle():
             await lease.release()
         else:
             conn.close()
             await lease.discard()
-        body_bytes = parts[0] if len(parts) == 1 else b"".join(parts)
-        return Response(
-            event.status_code,
-            Headers(
-                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()]
-            ),
-            bytes(body_bytes),
-            event.reason.decode("latin-1"),
-        )
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return Response(head[0], Headers(head[2]), data, head[1])
 
     def stream(
         self,
@@ -578,8 +811,8 @@ class AsyncHTTPPool:
         timeout: float | None,
         tls: TLSConfig | None,
     ) -> AsyncStreamResponse:
-        lease, conn, event, timer = await self._send(method, url, headers, body, timeout, tls)
-        return AsyncStreamResponse(lease, conn, event, timer)
+        lease, conn, head, timer = await self._send(method, url, headers, body, timeout, tls)
+        return AsyncStreamResponse(lease, conn, head, timer)
 
     @property
     def closed(self) -> bool:
