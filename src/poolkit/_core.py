@@ -65,7 +65,6 @@ class Entry:
         "id",
         "last_used",
         "leak_reported",
-        "owner",
         "resource",
         "stack",
         "state",
@@ -82,7 +81,6 @@ class Entry:
         self.borrowed_at = now
         self.uses = 0
         self.expires_at = expires_at
-        self.owner: object = None
         self.token = token
         self.stack: str | None = None
         self.leak_reported = False
@@ -112,15 +110,15 @@ class PoolCore:
 
     def __init__(self, config: PoolConfig, rng: random.Random | None = None) -> None:
         self.config = config
+        self.closed = False
+        self._set_caps()
         self.rng = rng or random.Random()
         self.idle: deque[Entry] = deque()
         self.pop_idle = self.idle.pop if config.order == "lifo" else self.idle.popleft
         self.entries: dict[int, Entry] = {}
         self.size = 0
-        self.in_use = 0
         self.creating = 0
         self.waiting = 0
-        self.closed = False
         self.trash: list[tuple[Entry, str]] = []
         self._heap: list[tuple[int, int, Waiter]] = []
         self._seq = itertools.count()
@@ -148,50 +146,68 @@ class PoolCore:
         self.rejected_total = 0
         self.usage_time_total_s = 0.0
 
+    @property
+    def in_use(self) -> int:
+        """Entries lent right now (every existing entry that is not idle)."""
+        return self.size - len(self.idle)
+
+    def _set_caps(self) -> None:
+        """Cache the limits checked on every return (the size cap is -1 once closed)."""
+        config = self.config
+        self._uses_cap: float = float("inf") if config.max_uses is None else config.max_uses
+        self._size_cap = -1 if self.closed else config.max_size
+
     # -- borrowing and returning ----------------------------------------------------------
 
     def take(self, now: float) -> Entry | None:
-        """Lend an idle entry, retiring the expired ones met on the way; None when none is idle."""
-        idle = self.idle
-        while idle:
+        """Lend an idle entry; None when none is idle or the one met had expired.
+
+        An expired entry is retired (into ``trash``) and None returned, so that the shell
+        takes its slow path, which destroys it and tries again.
+        """
+        if self.idle:
             entry = self.pop_idle()
-            if entry.expires_at <= now:
-                self._retire(entry, "lifetime")
-                continue
-            entry.state = IN_USE
-            entry.uses += 1
-            entry.borrowed_at = now
-            self.in_use += 1
-            self.acquired_total += 1
-            return entry
+            if entry.expires_at > now:
+                entry.state = 1  # IN_USE
+                entry.uses += 1
+                entry.borrowed_at = now
+                self.acquired_total += 1
+                return entry
+            self._retire(entry, "lifetime")
+        return None
+
+    def take_any(self, now: float) -> Entry | None:
+        """Lend an idle entry, retiring every expired one met on the way."""
+        while self.idle:
+            entry = self.take(now)
+            if entry is not None:
+                return entry
         return None
 
     def give_back(self, entry: Entry, now: float) -> Waiter | None:
         """Take back an entry returned in good order; return the waiter it was handed to."""
-        self.in_use -= 1
         self.usage_time_total_s += now - entry.borrowed_at
         entry.last_used = now
-        entry.owner = None
+        # one test for the common case: not expired, not worn out, pool open and not shrunk
+        if entry.expires_at > now and entry.uses < self._uses_cap and self.size <= self._size_cap:
+            if not self.waiting:
+                entry.state = 0  # IDLE
+                self.idle.append(entry)
+                return None
+            return self._hand_over(entry, now)
         if self.closed:
             self._retire(entry, "close")
         elif entry.expires_at <= now:
             self._retire(entry, "lifetime")
-        elif (max_uses := self.config.max_uses) is not None and entry.uses >= max_uses:
+        elif entry.uses >= self._uses_cap:
             self._retire(entry, "max_uses")
-        elif self.size > self.config.max_size:
-            self._retire(entry, "resize")
-        elif self.waiting:
-            return self._hand_over(entry, now)
         else:
-            entry.state = IDLE
-            self.idle.append(entry)
+            self._retire(entry, "resize")
         return None
 
     def discard(self, entry: Entry, reason: str, now: float) -> None:
         """Take back a borrowed entry that must be destroyed (broken, failed check or reset)."""
-        self.in_use -= 1
         self.usage_time_total_s += now - entry.borrowed_at
-        entry.owner = None
         self._retire(entry, reason)
 
     def _hand_over(self, entry: Entry, now: float) -> Waiter | None:
@@ -203,7 +219,6 @@ class PoolCore:
         entry.state = IN_USE
         entry.uses += 1
         entry.borrowed_at = now
-        self.in_use += 1
         self.acquired_total += 1
         self.waited_total += 1
         self.wait_time_total_s += now - waiter.enqueued_at
@@ -405,12 +420,14 @@ class PoolCore:
     def resize(self, min_size: int | None, max_size: int | None) -> None:
         """Change the sizes; idle entries above the new maximum are retired."""
         self.config = self.config.resized(min_size, max_size)
+        self._set_caps()
         while self.idle and self.size > self.config.max_size:
             self._retire(self.idle.popleft(), "resize")
 
     def close(self) -> list[Waiter]:
         """Refuse new borrowers, retire idle entries and return the waiters to fail."""
         self.closed = True
+        self._set_caps()
         self.close_idle(None, "close")
         failed: list[Waiter] = []
         while (waiter := self._pop_waiter()) is not None:

@@ -114,6 +114,12 @@ class ShellBase:
         # borrow without a check while idle for less than this many seconds
         self._check_window = float("inf") if hooks.check is None or cai is None else cai
         self._track_leaks = config.leak_timeout is not None
+        # the fast path lends only inside the check window, and never while tracking leaks
+        self._fast_window = float("-inf") if self._track_leaks else self._check_window
+        self._reset = hooks.reset
+        self._custom_is_broken = hooks.custom_is_broken
+        self._on_acquire = self._listeners.acquire
+        self._on_release = self._listeners.release
         _pools.add(self)
 
     def _reinit_after_fork(self) -> None:
@@ -121,7 +127,8 @@ class ShellBase:
         _inherited.extend(entry.resource for entry in core.entries.values())
         _inherited.extend(entry.resource for entry, _ in core.trash)
         fresh = PoolCore(core.config)
-        fresh.closed = core.closed
+        if core.closed:
+            fresh.close()
         self._core = fresh
 
     # -- public inspection --------------------------------------------------------------------
@@ -147,7 +154,18 @@ class ShellBase:
         Kinds: ``create``, ``create_error``, ``acquire``, ``release``, ``destroy``,
         ``timeout``, ``leak``. Callbacks run outside the pool's lock; their errors are logged.
         """
-        return self._listeners.add(kind, callback)
+        remove = self._listeners.add(kind, callback)
+        self._refresh_listeners()
+
+        def unsubscribe() -> None:
+            remove()
+            self._refresh_listeners()
+
+        return unsubscribe
+
+    def _refresh_listeners(self) -> None:
+        self._on_acquire = self._listeners.acquire
+        self._on_release = self._listeners.release
 
     def _budget_status(self) -> str | None:
         budget = getattr(self, "_budget", None)
@@ -180,6 +198,17 @@ class ShellBase:
         if self._listeners.by_kind[kind]:
             event = PoolEvent(kind, self.name, None if entry is None else entry.id, **fields)
             self._listeners.emit(event)
+
+    def _triage(self, entry: Entry, exc: BaseException | bool | None) -> str | None:
+        """Why a returned resource must be destroyed ("broken"), or None to keep it."""
+        if exc is True:
+            return "broken"
+        try:
+            broken = self._hooks.is_broken(entry.resource, exc or None)
+        except Exception:
+            logger.exception("poolkit: pool %r: is_broken hook failed", self.name)
+            broken = True
+        return "broken" if broken else None
 
     def _info(self, entry: Entry, now: float) -> ResourceInfo:
         return ResourceInfo(entry.id, now - entry.created_at, now - entry.last_used, entry.uses)

@@ -21,6 +21,7 @@ from .errors import PoolClosed, PoolError, PoolFull, ReleaseError, ResourceCreat
 __all__ = ["AsyncLease", "AsyncPool"]
 
 R = TypeVar("R")
+_running_loop = asyncio.get_running_loop
 T = TypeVar("T")
 
 
@@ -77,25 +78,56 @@ class AsyncLease(Generic[R]):
 
     async def release(self) -> None:
         """Reset the resource and give it back to the pool."""
-        await self._pool._release(self, None)
+        await self.__aexit__(None, None, None)
 
     async def discard(self) -> None:
         """Destroy the resource instead of returning it."""
-        await self._pool._release(self, True)
+        await self.__aexit__(None, True, None)
 
     async def __aenter__(self) -> R:
+        # The borrow half of the hot path, kept in one frame.
         if self._entry is not None:
             raise ReleaseError(f"{self!r} is already borrowed")
-        await self._pool._borrow(self, self._timeout, self._priority)
+        pool = self._pool
+        if pool._loop is not _running_loop():
+            pool._bind()
+        now = pool._clock()
+        entry = pool._core.take(now)
+        if entry is not None and now - entry.last_used < pool._fast_window:
+            self._entry = entry
+            resource: R = entry.resource
+            self.resource = resource
+            if pool._on_acquire:
+                pool._emit("acquire", entry, duration_s=0.0)
+            return resource
+        await pool._borrow_slow(self, entry, now, self._timeout, self._priority)
         return self.resource
 
     async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: object, exc: BaseException | bool | None, tb: TracebackType | None
     ) -> None:
-        await self._pool._release(self, exc)
+        # The return half of the hot path; the slow cases are in AsyncPool._release_slow.
+        entry = self._entry
+        pool = self._pool
+        if (
+            exc is None
+            and entry is not None
+            and entry.state == IN_USE
+            and pool._reset is None
+            and not pool._custom_is_broken
+        ):
+            self._entry = None
+            now = pool._clock()
+            core = pool._core
+            waiter = core.give_back(entry, now)
+            if waiter is not None:
+                waiter.wake()
+            if pool._on_release:
+                pool._emit("release", entry, duration_s=now - entry.borrowed_at)
+            if core.trash:
+                pool._flush()
+            return
+        await pool._release_slow(self, exc)
 
     def __del__(self) -> None:
         entry = self._entry
@@ -239,27 +271,8 @@ class AsyncPool(ShellBase, Generic[R]):
     async def get(self, timeout: float | None = None, priority: int = 0) -> AsyncLease[R]:
         """Borrow a resource now; give it back with ``await lease.release()``."""
         lease = AsyncLease(self, timeout, priority)
-        await self._borrow(lease, timeout, priority)
+        await lease.__aenter__()
         return lease
-
-    async def _borrow(self, lease: AsyncLease[R], timeout: float | None, priority: int) -> None:
-        if self._loop is not asyncio.get_running_loop():
-            self._bind()
-        now = self._clock()
-        entry = self._core.take(now)
-        if (
-            entry is not None
-            and now - entry.last_used < self._check_window
-            and not self._track_leaks
-            and not self._core.trash
-        ):
-            lease._entry = entry
-            lease.resource = entry.resource
-            entry.owner = id(lease)
-            if self._listeners.acquire:
-                self._emit("acquire", entry, duration_s=0.0)
-            return
-        await self._borrow_slow(lease, entry, now, timeout, priority)
 
     async def _borrow_slow(
         self,
@@ -298,7 +311,7 @@ class AsyncPool(ShellBase, Generic[R]):
             core = self._core
             if core.closed:
                 raise PoolClosed(f"pool {self.name!r} is closed")
-            entry = core.take(now)
+            entry = core.take_any(now)
             if entry is not None:
                 self._flush()
                 continue
@@ -312,7 +325,6 @@ class AsyncPool(ShellBase, Generic[R]):
             break  # a handed-over resource was just returned or created: no check needed
         lease._entry = entry
         lease.resource = entry.resource
-        entry.owner = id(lease)
         if self._track_leaks:
             self._borrow_site(entry)
         self._emit("acquire", entry, duration_s=waited)
@@ -372,26 +384,19 @@ class AsyncPool(ShellBase, Generic[R]):
         """Return ``lease`` (the same as ``await lease.release()``); a foreign lease raises."""
         if not isinstance(lease, AsyncLease) or lease._pool is not self:
             raise ReleaseError(f"{lease!r} was not lent by pool {self.name!r}")
-        await self._release(lease, None)
+        await lease.__aexit__(None, None, None)
 
-    async def _release(self, lease: AsyncLease[R], exc: BaseException | bool | None) -> None:
+    async def _release_slow(self, lease: AsyncLease[R], exc: BaseException | bool | None) -> None:
         entry = lease._entry
         if entry is None:
             raise ReleaseError(f"{lease!r} was already released")
-        if entry.owner != id(lease) or entry.state != IN_USE:
+        if entry.state != IN_USE:
             raise ReleaseError(f"{lease!r} does not hold resource #{entry.id} any more")
         lease._entry = None
-        hooks = self._hooks
         reason = None
-        if exc is True:
-            reason = "broken"
-        elif exc is not None or hooks.custom_is_broken:
-            try:
-                if hooks.is_broken(entry.resource, exc):  # type: ignore[arg-type]
-                    reason = "broken"
-            except Exception:
-                logger.exception("poolkit: pool %r: is_broken hook failed", self.name)
-                reason = "broken"
+        if exc is not None or self._custom_is_broken:
+            reason = self._triage(entry, exc)
+        hooks = self._hooks
         if reason is None and hooks.reset is not None:
             if isinstance(exc, asyncio.CancelledError):
                 # the borrower is being cancelled: reset in the background, bounded, so the
@@ -430,7 +435,7 @@ class AsyncPool(ShellBase, Generic[R]):
                 waiter.wake()
         else:
             core.discard(entry, reason, now)
-        if self._listeners.release:
+        if self._on_release:
             self._emit("release", entry, duration_s=now - entry.borrowed_at)
         if core.trash:
             self._flush()

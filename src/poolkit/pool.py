@@ -22,6 +22,7 @@ __all__ = ["Lease", "Pool"]
 R = TypeVar("R")
 
 _allocate_lock = threading.Lock
+_new_lease = object.__new__
 
 
 class Lease(Generic[R]):
@@ -49,7 +50,6 @@ class Lease(Generic[R]):
         self._pool = pool
         self._entry: Entry | None = entry
         self.resource: R = entry.resource
-        entry.owner = id(self)
 
     @property
     def id(self) -> int:
@@ -66,22 +66,45 @@ class Lease(Generic[R]):
 
     def release(self) -> None:
         """Reset the resource and give it back to the pool."""
-        self._pool._release(self, None)
+        self.__exit__(None, None, None)
 
     def discard(self) -> None:
         """Destroy the resource instead of returning it (it is known to be broken)."""
-        self._pool._release(self, True)
+        self.__exit__(None, True, None)
 
     def __enter__(self) -> R:
         return self.resource
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: object, exc: BaseException | bool | None, tb: TracebackType | None
     ) -> None:
-        self._pool._release(self, exc)
+        # The return half of the hot path, kept in one frame; ``exc=True`` means discard.
+        entry = self._entry
+        if entry is None:
+            raise ReleaseError(f"{self!r} was already released")
+        if entry.state != IN_USE:
+            raise ReleaseError(f"{self!r} does not hold resource #{entry.id} any more")
+        self._entry = None
+        pool = self._pool
+        reason = None
+        if exc is not None or pool._custom_is_broken:
+            reason = pool._triage(entry, exc)
+        if reason is None and pool._reset is not None:
+            reason = pool._run_reset(entry)
+        now = pool._clock()
+        core = pool._core
+        with pool._lock:
+            if reason is None:
+                waiter = core.give_back(entry, now)
+            else:
+                core.discard(entry, reason, now)
+                waiter = None
+        if waiter is not None:
+            waiter.wake()
+        if pool._on_release:
+            pool._emit("release", entry, duration_s=now - entry.borrowed_at)
+        if core.trash:
+            pool._flush()
 
     def __del__(self) -> None:
         entry = self._entry
@@ -219,14 +242,12 @@ class Pool(ShellBase, Generic[R]):
         now = self._clock()
         with self._lock:
             entry = self._core.take(now)
-        if (
-            entry is not None
-            and now - entry.last_used < self._check_window
-            and not self._track_leaks
-            and not self._core.trash
-        ):
-            lease = Lease(self, entry)
-            if self._listeners.acquire:
+        if entry is not None and now - entry.last_used < self._fast_window:
+            lease = _new_lease(Lease)
+            lease._pool = self
+            lease._entry = entry
+            lease.resource = entry.resource
+            if self._on_acquire:
                 self._emit("acquire", entry, duration_s=0.0)
             return lease
         return self._acquire_slow(entry, now, timeout, priority)
@@ -268,7 +289,7 @@ class Pool(ShellBase, Generic[R]):
                 core = self._core
                 if core.closed:
                     raise PoolClosed(f"pool {self.name!r} is closed")
-                entry = core.take(now)
+                entry = core.take_any(now)
                 if entry is None:
                     if not core.can_wait():
                         raise PoolFull(
@@ -345,52 +366,16 @@ class Pool(ShellBase, Generic[R]):
         self._release(lease, None)
 
     def _release(self, lease: Lease[R], exc: BaseException | bool | None) -> None:
-        entry = lease._entry
-        if entry is None:
-            raise ReleaseError(f"{lease!r} was already released")
-        if entry.owner != id(lease) or entry.state != IN_USE:
-            raise ReleaseError(f"{lease!r} does not hold resource #{entry.id} any more")
-        lease._entry = None
-        hooks = self._hooks
-        reason = None
-        if exc is True:
-            reason = "broken"
-        elif exc is not None:
-            try:
-                if hooks.is_broken(entry.resource, exc):  # type: ignore[arg-type]
-                    reason = "broken"
-            except Exception:
-                logger.exception("poolkit: pool %r: is_broken hook failed", self.name)
-                reason = "broken"
-        elif hooks.custom_is_broken:
-            try:
-                if hooks.is_broken(entry.resource, None):
-                    reason = "broken"
-            except Exception:
-                logger.exception("poolkit: pool %r: is_broken hook failed", self.name)
-                reason = "broken"
-        if reason is None and hooks.reset is not None:
-            try:
-                hooks.reset(entry.resource)
-            except Exception as reset_error:
-                logger.debug(
-                    "poolkit: pool %r: reset of #%d failed: %r", self.name, entry.id, reset_error
-                )
-                reason = "reset"
-        now = self._clock()
-        core = self._core
-        with self._lock:
-            if reason is None:
-                waiter = core.give_back(entry, now)
-            else:
-                core.discard(entry, reason, now)
-                waiter = None
-        if waiter is not None:
-            waiter.wake()
-        if self._listeners.release:
-            self._emit("release", entry, duration_s=now - entry.borrowed_at)
-        if core.trash:
-            self._flush()
+        lease.__exit__(None, exc, None)
+
+    def _run_reset(self, entry: Entry) -> str | None:
+        assert self._reset is not None
+        try:
+            self._reset(entry.resource)
+        except Exception as exc:
+            logger.debug("poolkit: pool %r: reset of #%d failed: %r", self.name, entry.id, exc)
+            return "reset"
+        return None
 
     def _leaked(self, entry: Entry) -> None:
         """A lease was garbage-collected unreleased (called from ``__del__``: never block)."""
