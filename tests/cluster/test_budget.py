@@ -10,10 +10,10 @@ import pytest
 import redis
 
 import poolkit
-from helpers import wait_for
 from poolkit.cluster import BudgetExhausted, BudgetToken, BudgetUnavailable, RedisBudget
 
 from .conftest import SHARED_REDIS
+from helpers import wait_for
 
 pytestmark = pytest.mark.redis
 
@@ -320,3 +320,22 @@ def test_release_wakes_a_blocked_waiter_and_leaves_no_stale_wakeups(
     a.release(t)
     th.join(35)
     assert len(got) == 1 and b.holders() == {b.process_id: 1}
+
+
+def test_release_racing_a_renewal_does_not_resurrect_the_lease(make, budget_name, rclient) -> None:
+    """The renewer snapshots the leases, a release lands before its script runs: the script
+    re-adds the released lease as "missing", and the budget must remove it again."""
+    a = make(3, lease_ttl=30.0)
+    stop_renewing(a)
+    keep, gone = a.acquire(1.0), a.acquire(1.0)
+    real = a._renew_script
+
+    class ReleaseFirst:
+        def __call__(self, *args: object, **kw: object) -> object:
+            a.release(gone)  # lands between the snapshot and the script
+            return real(*args, **kw)
+
+    a._renew_script = ReleaseFirst()  # type: ignore[assignment]
+    a.renew()
+    assert set(holders_zset(rclient, budget_name)) == {keep.member}
+    assert a.holders() == {a.process_id: 1}

@@ -8,9 +8,10 @@ import logging
 import pytest
 import redis
 
-from helpers import wait_for
 from poolkit import Pool, PoolTimeout
 from poolkit.cluster import BudgetExhausted, BudgetUnavailable, RedisBudget
+
+from helpers import wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.faults]
 
