@@ -10,7 +10,7 @@ read-only request handler), every pool holds ``--pool-size`` connections (defaul
 Prints queries/s, the ratio to the persistent connection (threads) or to poolkit
 (asyncio), and fairness: the fewest and most requests any worker completed.
 
-    .venv/bin/python benchmarks/bench_db.py            # about 2 minutes
+    .venv/bin/python benchmarks/bench_db.py            # about 4 minutes
     .venv/bin/python benchmarks/bench_db.py --quick    # about 30 s
 """
 
@@ -349,8 +349,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="*", default=[1, 64])
     parser.add_argument("--only", default="", help="run only contenders whose name has this")
     args = parser.parse_args()
-    duration = args.duration or (0.5 if args.quick else 1.5)
-    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (0.5 if args.quick else 0.8)
+    rounds = args.rounds or (1 if args.quick else 5)
     size = args.pool_size
     runs: dict[tuple[str, int], list[list[int]]] = {}
     print(

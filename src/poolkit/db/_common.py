@@ -34,7 +34,14 @@ _DEAD_FLAGS = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select
 
 
 class BrokenConnectionError(Exception):
-    """Raised by a reset hook when the connection cannot be made clean; the pool destroys it."""
+    """Raise it from a ``reset`` callable to have the pool destroy the connection.
+
+    Example::
+
+        def reset(conn):
+            if conn.info.parameter_status("role") != "app":
+                raise BrokenConnectionError("role changed; replace the connection")
+    """
 
 
 _EXTRAS = {

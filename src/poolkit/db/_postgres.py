@@ -173,7 +173,7 @@ class _PsycopgCommon:
             kwargs.pop("tcp_user_timeout", None)
         _statement_timeout_option(kwargs, statement_timeout)
         self._kwargs = kwargs
-        self._autocommit = autocommit
+        self._autocommit = bool(autocommit)
         self._row_factory = row_factory if row_factory is not None else psycopg.rows.tuple_row
         errors = psycopg.errors
         self._broken_types = (
@@ -206,6 +206,17 @@ class _PsycopgCommon:
 
     def _fix_attributes(self, conn: Any) -> None:
         """Undo client-side settings a borrower changed (no round trip)."""
+        try:  # fast path: psycopg's own fields, one comparison
+            if (
+                conn._autocommit is self._autocommit
+                and conn._isolation_level is None
+                and conn._read_only is None
+                and conn._deferrable is None
+                and conn.row_factory is self._row_factory
+            ):
+                return
+        except AttributeError:  # pragma: no cover - another psycopg layout
+            pass
         if conn.autocommit != self._autocommit:
             conn.autocommit = self._autocommit
         if conn.isolation_level is not None:
@@ -282,7 +293,7 @@ class PsycopgFactory(_PsycopgCommon, DBFactory):
             try:
                 self._configure(conn)
                 if conn.pgconn.transaction_status != _IDLE:
-                    conn.rollback() if not conn.autocommit else None
+                    conn.commit()  # keep what configure() set up
             except BaseException:
                 conn.close()
                 raise
