@@ -19,6 +19,7 @@ from .keyed import (
     KeyedPoolStats,
     _bind,
     _budget_timeout,
+    _cap_was_the_reason,
     _check_limits,
     _fair_is_broken,
     _key_label,
@@ -361,7 +362,7 @@ class AsyncKeyedPool(Generic[K, R]):
                 return await pool.get(timeout=timeout, priority=priority)
             except PoolTimeout as exc:
                 budget = self._budget
-                if budget is not None and budget.ledger.free == 0:
+                if budget is not None and _cap_was_the_reason(budget.ledger, pool.stats()):
                     raise _budget_timeout(self.name, budget.ledger, key, exc.waited_s) from exc
                 raise
             except PoolClosed:

@@ -209,6 +209,11 @@ def _check_limits(max_per_key: int, max_total: int | None, idle_timeout: float |
         raise ValueError(f"idle_timeout ({idle_timeout}) must be > 0 or None")
 
 
+def _cap_was_the_reason(ledger: PermitLedger, stats: PoolStats) -> bool:
+    """After a timeout: was it the global cap (not the key's own limit) that kept it waiting?"""
+    return ledger.free == 0 and stats.size < stats.max_size
+
+
 def _fair_is_broken(
     factory: object, hooks: dict[str, Any], ledger: PermitLedger, key: Hashable
 ) -> Callable[[Any, BaseException | None], bool]:
@@ -573,7 +578,7 @@ class KeyedPool(Generic[K, R]):
                 return pool.get(timeout=timeout, priority=priority)
             except PoolTimeout as exc:
                 budget = self._budget
-                if budget is not None and budget.ledger.free == 0:
+                if budget is not None and _cap_was_the_reason(budget.ledger, pool.stats()):
                     raise _budget_timeout(self.name, budget.ledger, key, exc.waited_s) from exc
                 raise
             except PoolClosed:

@@ -363,3 +363,14 @@ def test_busy_key_cannot_starve_another_key() -> None:
             th.join(10)
     assert not failures, failures[:3]
     assert t.max_total <= 2
+
+
+def test_timeout_at_the_key_limit_does_not_blame_the_cap() -> None:
+    t = Tracker()
+    with make_pool(t, max_per_key=1, max_total=2) as pool:
+        held = [pool.get("a"), pool.get("b")]
+        with pytest.raises(PoolTimeout) as info:
+            pool.get("a", timeout=0.05)  # "a" is at max_per_key: the cap is not the reason
+        assert "max_total" not in str(info.value)
+        for lease in held:
+            lease.release()
