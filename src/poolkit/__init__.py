@@ -10,7 +10,11 @@ from ._types import (
     PoolStats,
     ResourceInfo,
 )
+from .async_endpoints import AsyncEndpointLease, AsyncEndpointPool
+from .async_keyed import AsyncKeyedFactory, AsyncKeyedPool
 from .async_pool import AsyncLease, AsyncPool
+from .buffers import BufferPool, BufferPoolStats
+from .endpoints import Endpoint, EndpointLease, EndpointPool, EndpointPoolStats, EndpointStats
 from .errors import (
     PoolClosed,
     PoolError,
@@ -19,22 +23,42 @@ from .errors import (
     ReleaseError,
     ResourceCreationError,
 )
+from .keyed import KeyedFactory, KeyedPool, KeyedPoolStats
 from .null import NullAsyncPool, NullPool
+from .objects import ObjectPool, ObjectPoolStats
 from .pool import Lease, Pool
+from .workers import MapResults, WorkerPool, WorkerPoolStats, amap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncBudget",
+    "AsyncEndpointLease",
+    "AsyncEndpointPool",
     "AsyncFactory",
+    "AsyncKeyedFactory",
+    "AsyncKeyedPool",
     "AsyncLease",
     "AsyncPool",
     "Budget",
+    "BufferPool",
+    "BufferPoolStats",
+    "Endpoint",
+    "EndpointLease",
+    "EndpointPool",
+    "EndpointPoolStats",
+    "EndpointStats",
     "Factory",
     "Health",
+    "KeyedFactory",
+    "KeyedPool",
+    "KeyedPoolStats",
     "Lease",
+    "MapResults",
     "NullAsyncPool",
     "NullPool",
+    "ObjectPool",
+    "ObjectPoolStats",
     "Pool",
     "PoolClosed",
     "PoolError",
@@ -45,4 +69,7 @@ __all__ = [
     "ReleaseError",
     "ResourceCreationError",
     "ResourceInfo",
+    "WorkerPool",
+    "WorkerPoolStats",
+    "amap",
 ]
