@@ -93,13 +93,14 @@ class Entry:
 class Waiter:
     """A borrower queued for a resource; shells subclass it with their wake-up mechanism."""
 
-    __slots__ = ("enqueued_at", "entry", "priority", "state")
+    __slots__ = ("deadline", "enqueued_at", "entry", "priority", "state")
 
-    def __init__(self, priority: int = 0) -> None:
+    def __init__(self, priority: int = 0, deadline: float = _INF) -> None:
         self.priority = priority
         self.state = WAITING
         self.entry: Entry | None = None
         self.enqueued_at = 0.0
+        self.deadline = deadline
 
     def wake(self) -> None:
         """Tell the waiting borrower that its state changed (served or failed)."""
@@ -287,6 +288,16 @@ class PoolCore:
             heapq.heapify(self._heap)
             self._garbage = 0
         return True
+
+    def time_left(self, now: float) -> float:
+        """How long the next waiter to be served can still wait (the pool's timeout if none)."""
+        heap = self._heap
+        while heap and heap[0][2].state != WAITING:
+            heapq.heappop(heap)
+            self._garbage -= 1
+        if heap:
+            return max(heap[0][2].deadline - now, 0.0)
+        return self.config.acquire_timeout
 
     def count_timeout(self) -> None:
         """Count a timeout that happened outside the wait queue (while checking)."""

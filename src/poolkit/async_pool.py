@@ -143,8 +143,8 @@ class AsyncLease(Generic[R]):
 class _FutureWaiter(Waiter):
     __slots__ = ("future",)
 
-    def __init__(self, priority: int, future: asyncio.Future[None]) -> None:
-        super().__init__(priority)
+    def __init__(self, priority: int, deadline: float, future: asyncio.Future[None]) -> None:
+        super().__init__(priority, deadline)
         self.future = future
 
     def wake(self) -> None:
@@ -339,7 +339,7 @@ class AsyncPool(ShellBase, Generic[R]):
         loop = self._loop
         assert loop is not None
         core = self._core
-        waiter = _FutureWaiter(priority, loop.create_future())
+        waiter = _FutureWaiter(priority, deadline, loop.create_future())
         core.enqueue(waiter, self._clock())
         self._spawn_creators(core.plan_creates(self._clock()))
         timer = loop.call_later(max(deadline - self._clock(), 0.0), waiter.wake)
@@ -467,7 +467,7 @@ class AsyncPool(ShellBase, Generic[R]):
         create = self._hooks.create
         try:
             if budget is not None:
-                token = await budget.acquire(self._core.config.acquire_timeout)
+                token = await budget.acquire(self._core.time_left(start))
             resource = await create()
         except BaseException as exc:
             if token is not None:

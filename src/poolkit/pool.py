@@ -123,8 +123,8 @@ class Lease(Generic[R]):
 class _ThreadWaiter(Waiter):
     __slots__ = ("lock",)
 
-    def __init__(self, priority: int) -> None:
-        super().__init__(priority)
+    def __init__(self, priority: int, deadline: float) -> None:
+        super().__init__(priority, deadline)
         self.lock = _allocate_lock()
         self.lock.acquire()
 
@@ -304,7 +304,7 @@ class Pool(ShellBase, Generic[R]):
                             f"pool {self.name!r}: {core.waiting} borrowers already waiting "
                             f"(max_waiting={core.config.max_waiting}); {core.snapshot()}"
                         )
-                    waiter = _ThreadWaiter(priority)
+                    waiter = _ThreadWaiter(priority, deadline)
                     core.enqueue(waiter, now)
                     creations = core.plan_creates(now)
             if waiter is None:
@@ -412,7 +412,9 @@ class Pool(ShellBase, Generic[R]):
         budget = self._budget
         try:
             if budget is not None:
-                token = budget.acquire(self._core.config.acquire_timeout)
+                with self._lock:
+                    time_left = self._core.time_left(start)
+                token = budget.acquire(time_left)
             resource = self._hooks.create()
         except Exception as exc:
             if token is not None and budget is not None:

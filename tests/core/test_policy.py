@@ -243,3 +243,15 @@ def test_wait_queue_garbage_is_compacted() -> None:
         core.cancel(waiter, timed_out=True)
     assert len(core._heap) < 200
     assert core.waiting == 1
+
+
+def test_time_left_is_that_of_the_next_waiter_to_serve() -> None:
+    core = make_core(max_size=1, acquire_timeout=30.0)
+    assert core.time_left(0.0) == 30.0  # nobody waits: a top-up may take the pool's timeout
+    first, second = Waiter(0, deadline=5.0), Waiter(0, deadline=2.0)
+    core.enqueue(first, 0.0)
+    core.enqueue(second, 0.0)
+    assert core.time_left(1.0) == 4.0
+    core.cancel(first, timed_out=True)
+    assert core.time_left(1.0) == 1.0
+    assert core.time_left(9.0) == 0.0
