@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from tls_nginx import Certs, TLSNginx, make_certs
 
-from servers import PrivateNginx, free_port
-
-
-@dataclass(frozen=True)
-class Certs:
-    """A test CA, a server certificate it signed (localhost, 127.0.0.1) and a second CA."""
-
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    other_ca: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def _make_ca(d: Path, name: str) -> None:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
-        "-subj", f"/CN=poolkit test {name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )  # fmt: skip
+from servers import PrivateNginx
 
 
 @pytest.fixture(scope="session")
@@ -44,52 +16,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """Certificates made once per session with the openssl CLI."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not installed")
-    d = tmp_path_factory.mktemp("tls")
-    _make_ca(d, "ca")
-    _make_ca(d, "other")
-    (d / "ext.cnf").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=serverAuth\n"
-    )
-    _openssl(
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
-        cwd=d,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
-        cwd=d,
-    )  # fmt: skip
-    return Certs(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
-
-
-class TLSNginx(PrivateNginx):
-    """:class:`PrivateNginx` with a second, TLS, listener on ``tls_port`` (same locations)."""
-
-    def __init__(self, certs: Certs, **kwargs: object) -> None:
-        self.certs = certs
-        self.tls_port = free_port()
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        text = self.conf_path.read_text()
-        plain = re.search(rf"listen {re.escape(self.host)}:{self.port}\b[^;]*;", text)
-        if plain is None:
-            raise RuntimeError(f"no listen directive for port {self.port} in:\n{text}")
-        tls = (
-            f"\n        listen {self.host}:{self.tls_port} ssl;\n"
-            f"        ssl_certificate {self.certs.server_cert};\n"
-            f"        ssl_certificate_key {self.certs.server_key};"
-        )
-        self.conf_path.write_text(text[: plain.end()] + tls + text[plain.end() :])
-
-    def tls_url(self, path: str = "/", host: str = "127.0.0.1") -> str:
-        """``https://HOST:TLS_PORT`` + path."""
-        return f"https://{host}:{self.tls_port}{path}"
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
