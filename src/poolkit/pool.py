@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
+from . import _maintenance
 from ._config import PoolConfig
 from ._core import FAILED, IN_USE, SERVED, Entry, Waiter
 from ._events import logger
 from ._shell import ShellBase, resolve_hooks
 from ._types import Budget, Factory
-from .errors import PoolClosed, PoolError, PoolFull, ReleaseError, ResourceCreationError
+from .errors import PoolClosed, PoolFull, ReleaseError, ResourceCreationError
 
 __all__ = ["Lease", "Pool"]
 
@@ -219,19 +218,13 @@ class Pool(ShellBase, Generic[R]):
         self._init_shell(config, hooks, clock)
         self._started = False
         self._leaked_entries: deque[Entry] = deque()
-        self._wakeup = _allocate_lock()
-        self._wakeup.acquire()
         self._drained = threading.Event()
-        self._maintainer: threading.Thread | None = None
 
     def _reinit_after_fork(self) -> None:
         super()._reinit_after_fork()
         self._lock = _allocate_lock()
-        self._wakeup = _allocate_lock()
-        self._wakeup.acquire()
         self._leaked_entries = deque()
         self._drained = threading.Event()
-        self._maintainer = None
         self._started = False
 
     # -- borrowing ----------------------------------------------------------------------------
@@ -388,8 +381,7 @@ class Pool(ShellBase, Generic[R]):
     def _leaked(self, entry: Entry) -> None:
         """A lease was garbage-collected unreleased (called from ``__del__``: never block)."""
         self._leaked_entries.append(entry)
-        with contextlib.suppress(RuntimeError):
-            self._wakeup.release()
+        _maintenance.scheduler.wake(self)
 
     # -- creating and destroying --------------------------------------------------------------
 
@@ -518,14 +510,7 @@ class Pool(ShellBase, Generic[R]):
             if self._started or self._core.closed:
                 return
             self._started = True
-        thread = threading.Thread(
-            target=_maintain_forever,
-            args=(weakref.ref(self), self._wakeup, self._core.config.maintenance_interval),
-            name=f"poolkit-maintenance-{self.name}",
-            daemon=True,
-        )
-        self._maintainer = thread
-        thread.start()
+        _maintenance.scheduler.add(self, self._core.config.maintenance_interval)
 
     def open(self, wait: bool = True) -> None:
         """Start background maintenance and create ``min_size`` resources.
@@ -579,11 +564,6 @@ class Pool(ShellBase, Generic[R]):
                 self._core.in_use,
                 timeout or 0.0,
             )
-        with contextlib.suppress(RuntimeError):
-            self._wakeup.release()
-        maintainer = self._maintainer
-        if maintainer is not None and maintainer is not threading.current_thread():
-            maintainer.join(timeout=1.0)
 
     def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
         """Change ``min_size``/``max_size`` at run time (validated like the constructor)."""
@@ -599,7 +579,7 @@ class Pool(ShellBase, Generic[R]):
         return closed
 
     def maintain(self) -> None:
-        """Run one round of maintenance now (the background thread does this periodically)."""
+        """Run one round of maintenance now (a shared background thread does this periodically)."""
         now = self._clock()
         if self._leaked_entries:
             self._reclaim_leaked()
@@ -620,19 +600,3 @@ class Pool(ShellBase, Generic[R]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _maintain_forever(ref: weakref.ref[Pool[Any]], wakeup: threading.Lock, interval: float) -> None:
-    """The maintenance thread: holds only a weak reference, so a forgotten pool can go."""
-    while True:
-        wakeup.acquire(timeout=interval)
-        pool = ref()
-        if pool is None or pool._core.closed or pool._wakeup is not wakeup:
-            return
-        try:
-            pool.maintain()
-        except PoolError:
-            pass
-        except Exception:
-            logger.exception("poolkit: maintenance of pool %r failed", pool.name)
-        del pool
