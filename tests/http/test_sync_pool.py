@@ -372,3 +372,26 @@ def test_response_repr_hides_secrets(private_nginx: PrivateNginx) -> None:
     with HTTPPool() as pool:
         resp = pool.request("GET", private_nginx.url("/echo-headers"))
     assert json.loads(resp.text)["connection"]
+
+
+def test_max_lifetime_and_idle_timeout_replace_connections(private_nginx: PrivateNginx) -> None:
+    from helpers import FakeClock
+
+    clock = FakeClock()
+    url = private_nginx.url("/conn")
+    with HTTPPool(max_lifetime=60, idle_timeout=None, clock=clock) as pool:
+        a, _ = conn_of(pool, url)
+        clock.advance(30)
+        assert conn_of(pool, url)[0] == a
+        clock.advance(31)  # past the lifetime (the core may take up to 5 % off it)
+        b, count = conn_of(pool, url)
+        assert b != a and count == 1
+    with HTTPPool(idle_timeout=10, max_lifetime=None, clock=clock) as pool:
+        c, _ = conn_of(pool, url)
+        clock.advance(5)
+        assert conn_of(pool, url)[0] == c
+        clock.advance(11)
+        pool.maintain()
+        assert pool.stats().size == 0
+        d, _ = conn_of(pool, url)
+        assert d != c

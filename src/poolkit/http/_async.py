@@ -11,7 +11,7 @@ import select
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any
 
@@ -623,6 +623,7 @@ class AsyncHTTPPool:
         headers: HeadersInput = None,
         parser: str = "auto",
         name: str = "http",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if parser not in _PARSERS:
             raise ValueError(f"parser ({parser!r}) must be one of {_PARSERS}")
@@ -643,6 +644,7 @@ class AsyncHTTPPool:
             connect_timeout=connect_timeout,
             acquire_timeout=acquire_timeout,
             name=name,
+            clock=clock,
         )
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout ({timeout}) must be > 0 or None")
@@ -813,6 +815,13 @@ class AsyncHTTPPool:
     ) -> AsyncStreamResponse:
         lease, conn, head, timer = await self._send(method, url, headers, body, timeout, tls)
         return AsyncStreamResponse(lease, conn, head, timer)
+
+    async def maintain(self) -> None:
+        """Close idle connections past ``idle_timeout`` or ``max_lifetime`` now, in every origin."""
+        keyed = self._pools
+        for key in list(keyed.keys()):
+            await keyed.pool_for(key).maintain()
+        await keyed.sweep()
 
     @property
     def closed(self) -> bool:

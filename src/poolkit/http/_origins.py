@@ -27,6 +27,7 @@ class PoolSettings:
     connect_timeout: float | None
     acquire_timeout: float
     name: str
+    clock: Callable[[], float] | None = None
 
     def __post_init__(self) -> None:
         if self.max_per_host < 1:
@@ -65,6 +66,7 @@ def keyed_pool(
         acquire_timeout=s.acquire_timeout,
         check_after_idle=None,  # the HTTP pools run their own (cheaper) readability check
         name=s.name,
+        clock=s.clock,
     )
 
 
@@ -86,4 +88,5 @@ def async_keyed_pool(
         acquire_timeout=s.acquire_timeout,
         check_after_idle=None,
         name=s.name,
+        clock=s.clock,
     )

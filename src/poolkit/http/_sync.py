@@ -7,7 +7,7 @@ import select
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -215,7 +215,7 @@ class HTTPPool:
     visible), ``max_requests`` per connection, ``connect_timeout``, ``timeout`` (default
     read/write timeout of a request), ``acquire_timeout`` (wait for a free connection),
     ``tls`` (default :class:`TLSConfig`: verification on), ``headers`` (sent with every
-    request, copied each time).
+    request, copied each time), ``clock`` (monotonic time source; tests pass a fake one).
 
     Example::
 
@@ -238,6 +238,7 @@ class HTTPPool:
         tls: TLSConfig | None = None,
         headers: HeadersInput = None,
         name: str = "http",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._settings = PoolSettings(
             max_per_host=max_per_host,
@@ -248,6 +249,7 @@ class HTTPPool:
             connect_timeout=connect_timeout,
             acquire_timeout=acquire_timeout,
             name=name,
+            clock=clock,
         )
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout ({timeout}) must be > 0 or None")
@@ -395,6 +397,16 @@ class HTTPPool:
         return StreamResponse(lease, resp)
 
     # -- lifecycle ---------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        """Close idle connections past ``idle_timeout`` or ``max_lifetime`` now, in every origin.
+
+        A background thread does this periodically; call it in tests or idle processes.
+        """
+        keyed = self._pools
+        for key in list(keyed.keys()):
+            keyed.pool_for(key).maintain()
+        keyed.sweep()
 
     @property
     def closed(self) -> bool:
