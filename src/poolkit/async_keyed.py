@@ -16,6 +16,7 @@ from .errors import PoolClosed, PoolTimeout
 from .keyed import (
     _CLOSED_RETRIES,
     _EVICT_POLL_S,
+    _RESCAN_S,
     KeyedPoolStats,
     _bind,
     _budget_timeout,
@@ -88,6 +89,8 @@ class _AsyncSharedBudget:
         self._owner = owner
         self.ledger = PermitLedger(max_total)
         self.closed = False
+        #: bumped whenever a resource may have gone idle (a return or a creation anywhere)
+        self.idle_epoch = 0
 
     async def acquire(
         self, key: Hashable, timeout: float | None, pool: AsyncPool[Any] | None
@@ -103,10 +106,14 @@ class _AsyncSharedBudget:
             self._owner._listen_for_releases()
         loop = asyncio.get_running_loop()
         start = loop.time()
+        now = loop.time
+        scanned_epoch, scanned_at = -1, start
         deadline = None if timeout is None else start + timeout
         try:
             while True:
-                await self._evict_for(key)
+                if self.idle_epoch != scanned_epoch or now() - scanned_at >= _RESCAN_S:
+                    scanned_epoch, scanned_at = self.idle_epoch, now()
+                    await self._evict_for(key)
                 waker.clear()
                 if ticket.granted:
                     return ticket
@@ -152,6 +159,7 @@ class _AsyncSharedBudget:
                 nxt.waker.set()
 
     def nudge(self, _event: PoolEvent | None = None) -> None:
+        self.idle_epoch += 1
         head = self.ledger.head()
         if head is not None and head.waker is not None:
             head.waker.set()
@@ -291,6 +299,7 @@ class AsyncKeyedPool(Generic[K, R]):
                 budget.pool = pool
                 if self._listening:
                     pool.on("release", self._budget.nudge)
+                    pool.on("create", self._budget.nudge)
             self._pools[key] = pool
         return pool
 
@@ -301,6 +310,7 @@ class AsyncKeyedPool(Generic[K, R]):
         self._listening = True
         for pool in self._pools.values():
             pool.on("release", self._budget.nudge)
+            pool.on("create", self._budget.nudge)
 
     def keys(self) -> list[K]:
         """The keys that have a sub-pool right now."""

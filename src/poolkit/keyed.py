@@ -28,6 +28,9 @@ R = TypeVar("R")
 #: How often a budget waiter looks again for an idle resource of another key to close, in
 #: case no release event woke it (a resource went idle in a pool it was not told about).
 _EVICT_POLL_S = 0.05
+#: A waiter scans the sub-pools for an idle resource to close when told one may have
+#: appeared (a return or a creation), and at least this often (a safety net).
+_RESCAN_S = 1.0
 #: Retries of a borrow whose sub-pool was swept or discarded right under it.
 _CLOSED_RETRIES = 3
 
@@ -257,6 +260,8 @@ class _SharedBudget:
         self._lock = threading.Lock()
         self.ledger = PermitLedger(max_total)
         self.closed = False
+        #: bumped whenever a resource may have gone idle (a return or a creation anywhere)
+        self.idle_epoch = 0
 
     def acquire(self, key: Hashable, timeout: float | None, pool: Pool[Any] | None) -> Ticket:
         ledger = self.ledger
@@ -271,9 +276,13 @@ class _SharedBudget:
             self._owner._listen_for_releases()
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        now = time.monotonic
+        scanned_epoch, scanned_at = -1, start
         try:
             while True:
-                self._evict_for(key)
+                if self.idle_epoch != scanned_epoch or now() - scanned_at >= _RESCAN_S:
+                    scanned_epoch, scanned_at = self.idle_epoch, now()
+                    self._evict_for(key)
                 ticket.waker.clear()
                 if ticket.granted:
                     return ticket
@@ -325,6 +334,7 @@ class _SharedBudget:
             nxt.waker.set()
 
     def nudge(self, _event: PoolEvent | None = None) -> None:
+        self.idle_epoch += 1
         """A resource went idle somewhere: let the oldest waiter look for one to close."""
         head = self.ledger.head()
         if head is not None and head.waker is not None:
@@ -492,6 +502,7 @@ class KeyedPool(Generic[K, R]):
             budget.pool = pool
             if self._listening:
                 pool.on("release", self._budget.nudge)
+                pool.on("create", self._budget.nudge)
         return pool
 
     def _listen_for_releases(self) -> None:
@@ -503,6 +514,7 @@ class KeyedPool(Generic[K, R]):
             self._listening = True
             for pool in self._pools.values():
                 pool.on("release", self._budget.nudge)
+                pool.on("create", self._budget.nudge)
 
     def _live_pools(self) -> list[tuple[K, Pool[R]]]:
         with self._lock:
