@@ -8,7 +8,8 @@ and the ratio to poolkit (and, for sync, to opening a new connection per request
   ``HTTPPool``, ``requests.Session``, ``urllib3.PoolManager``, ``httpx.Client``, and
   ``httpx.Client`` on poolkit's ``PoolkitTransport``;
 * asyncio: poolkit ``AsyncHTTPPool``, ``httpx.AsyncClient``, ``aiohttp.ClientSession``,
-  ``httpx.AsyncClient`` on ``AsyncPoolkitTransport``.
+  ``httpx.AsyncClient`` on ``AsyncPoolkitTransport``, and ``AsyncHTTPPool`` on the
+  pure-Python ``h11`` parser (what you get without httptools).
 
 Every pool may keep up to 32 connections to the host. The same runs repeat over https
 (TLS 1.3, a test CA), where a new connection costs a full handshake. nginx runs one worker
@@ -199,6 +200,16 @@ async def poolkit_async(url: str, ca: str | None) -> tuple[Callable[[], Awaitabl
     return get, pool.aclose
 
 
+async def poolkit_async_h11(url: str, ca: str | None) -> tuple[Callable[[], Awaitable[None]], Any]:
+    pool = AsyncHTTPPool(max_per_host=MAX, tls=TLSConfig(ca_file=ca), parser="h11")
+    request = pool.request
+
+    async def get() -> None:
+        assert (await request("GET", url)).status == 200
+
+    return get, pool.aclose
+
+
 async def httpx_async(url: str, ca: str | None) -> tuple[Callable[[], Awaitable[None]], Any]:
     limits = httpx.Limits(max_connections=MAX, max_keepalive_connections=MAX)
     client = httpx.AsyncClient(limits=limits, verify=context(ca) or True)
@@ -238,6 +249,7 @@ ASYNC: list[tuple[str, AsyncMaker]] = [
     ("httpx.AsyncClient", httpx_async),
     ("aiohttp.ClientSession", aiohttp_session),
     ("httpx.AsyncClient + poolkit AsyncPoolkitTransport", httpx_async_on_poolkit),
+    ("poolkit AsyncHTTPPool, parser='h11' (pure Python)", poolkit_async_h11),
 ]
 
 
@@ -274,7 +286,7 @@ def run_async(make: AsyncMaker, url: str, ca: str | None, callers: int, seconds:
 
 def table(title: str, rows: list[tuple[str, dict[int, float]]], base: str | None) -> None:
     callers = sorted(rows[0][1])
-    poolkit = next(r for name, r in rows if name.startswith("poolkit"))
+    poolkit = next(r for name, r in rows if name.startswith("poolkit"))  # the pool itself
     print(f"\n{title}")
     head = "".join(f"{f'{c} caller(s) req/s':>22}{'vs poolkit':>12}" for c in callers)
     print(f"  {'client':<52}{head}")
