@@ -407,3 +407,38 @@ def test_async_canary_password_never_leaks(caplog: pytest.LogCaptureFixture, sch
     texts += [r.getMessage() for r in caplog.records]
     assert len(texts) > 8
     assert not [t for t in texts if CANARY in t]
+
+
+def test_reset_callable_and_broken_connection_error() -> None:
+    from poolkit.db import BrokenConnectionError, PsycopgFactory
+
+    seen: list[int] = []
+
+    def reset(conn: Any) -> None:
+        seen.append(conn.info.backend_pid)
+        if conn.execute("SELECT current_setting('application_name')").fetchone()[0] == "dirty":
+            raise BrokenConnectionError("tainted session: replace it")
+
+    factory = PsycopgFactory("host=127.0.0.1 port=5432 user=postgres dbname=test", reset=reset)
+    with DBPool(factory, max_size=1) as db:
+        with db.connection() as conn:
+            pid = conn.info.backend_pid
+        with db.connection() as conn:
+            assert conn.info.backend_pid == pid
+            conn.execute("SET application_name = 'dirty'")
+            conn.commit()
+        assert seen == [pid, pid]
+        assert db.stats().closed_reset_total == 1
+        with db.connection() as conn:
+            assert conn.info.backend_pid != pid
+
+
+def test_statement_timeout_is_an_ordinary_error() -> None:
+    with DBPool.from_url(PG_URL, max_size=1, connect_kwargs={"statement_timeout": 0.1}) as db:
+        with pytest.raises(psycopg.errors.QueryCanceled), db.connection() as conn:
+            pid = conn.info.backend_pid
+            conn.execute("SELECT pg_sleep(2)")
+        with db.connection() as conn:  # rolled back and kept, not destroyed
+            assert conn.info.backend_pid == pid
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert db.stats().closed_broken_total == 0
