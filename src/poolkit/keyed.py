@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from ._endpoint_policy import redact
@@ -371,32 +371,6 @@ class _KeyBudget:
 # -- KeyedPool ------------------------------------------------------------------------------------
 
 
-class _Acquire(Generic[R]):
-    """``with pool.acquire(key) as r:`` for a keyed pool."""
-
-    __slots__ = ("_args", "_lease", "_pool")
-
-    def __init__(self, pool: KeyedPool[Any, R], args: tuple[Any, float | None, int]) -> None:
-        self._pool = pool
-        self._args = args
-        self._lease: Lease[R] | None = None
-
-    def __enter__(self) -> R:
-        self._lease = self._pool.get(*self._args)
-        return self._lease.resource
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        lease = self._lease
-        if lease is not None:
-            self._lease = None
-            lease.__exit__(exc_type, exc, tb)
-
-
 class KeyedPool(Generic[K, R]):
     """One :class:`poolkit.Pool` per key, created on first use, under a global cap.
 
@@ -602,9 +576,13 @@ class KeyedPool(Generic[K, R]):
                         del self._pools[key]
         raise PoolClosed(f"keyed pool {self.name!r}: sub-pool for {_key_label(key)} kept closing")
 
-    def acquire(self, key: K, timeout: float | None = None, priority: int = 0) -> _Acquire[R]:
-        """``with pool.acquire(key) as r:`` borrow for the block; an error marks it broken."""
-        return _Acquire(self, (key, timeout, priority))
+    def acquire(self, key: K, timeout: float | None = None, priority: int = 0) -> Lease[R]:
+        """``with pool.acquire(key) as r:`` borrow for the block; an error marks it broken.
+
+        Like ``Pool.acquire`` it borrows at once and returns the lease (its ``with`` block
+        yields the resource), the same as :meth:`get`.
+        """
+        return self.get(key, timeout, priority)
 
     # -- lifecycle and inspection -------------------------------------------------------------
 
