@@ -22,6 +22,14 @@ from servers import PrivateNginx
 pytestmark = pytest.mark.usefixtures("nginx_binary")
 
 
+@pytest.fixture(autouse=True, params=["httptools", "http.client"])
+def sync_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both protocol backends (``parser="auto"`` picks the first)."""
+    if request.param == "http.client":
+        monkeypatch.setattr(sync_mod, "httptools", None)
+    return str(request.param)
+
+
 UA = {"User-Agent": "poolkit-test"}
 
 
@@ -395,3 +403,10 @@ def test_max_lifetime_and_idle_timeout_replace_connections(private_nginx: Privat
         assert pool.stats().size == 0
         d, _ = conn_of(pool, url)
         assert d != c
+
+
+def test_parser_option(sync_parser: str) -> None:
+    with HTTPPool() as pool:
+        assert pool.parser == sync_parser
+    with pytest.raises(ValueError, match=r"parser \('h2'\) must be one of"):
+        HTTPPool(parser="h2")

@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import importlib
-import re
 import select
 import socket
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any
 
 import h11
 
+from poolkit.http._fast import ResponseState, encode_request, httptools
 from poolkit.http._models import (
     DEFAULT_TLS,
     IDEMPOTENT_METHODS,
@@ -38,22 +36,9 @@ from poolkit.keyed import KeyedPoolStats
 __all__ = ["AsyncHTTPPool", "AsyncStreamResponse"]
 
 
-def _optional(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:  # pragma: no cover - depends on the installation
-        return None
-
-
-# the fast parser (llhttp, in C) when installed; h11 (pure Python) otherwise
-httptools: Any = _optional("httptools")
-
 _DEFAULT: Any = object()
 _HIGH_WATER = 256 * 1024
 _POLLIN_ANY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
-_BAD_VALUE = re.compile(r"[\x00\r\n]")
 _PARSERS = ("auto", "httptools", "h11")
 _NEED_DATA = h11.NEED_DATA
 _DONE = h11.DONE
@@ -313,68 +298,24 @@ class _H11Conn(_Conn):
 
 
 class _FastConn(_Conn):
-    """The fast parser: ``httptools`` (llhttp, in C) fed straight from ``data_received``.
-
-    Requests are serialised here after checking every byte that could split or smuggle a
-    request (CR, LF, NUL in values; header names and methods must be RFC 9110 tokens).
-    """
+    """The fast parser: ``httptools`` (llhttp, in C) fed straight from ``data_received``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, origin: Origin) -> None:
         super().__init__(loop, origin)
-        self.parser: Any = None
-        self.status = 0
-        self.reason = ""
-        self.headers: list[tuple[str, str]] = []
-        self.chunks: deque[bytes] = deque()
-        self.buffered = 0
-        self.head_done = False
-        self.msg_done = False
-        self.keep_alive = False
-        self.is_head = False
-        self.got_bytes = False
-        self.framed = True
-
-    # httptools callbacks
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason.decode("latin-1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self.headers = []  # an interim response: the real one follows
-            return
-        self.status = status
-        self.head_done = True
-        self.keep_alive = self.parser.should_keep_alive()
-        if self.is_head or status in (204, 304):
-            self.msg_done = True
-        else:
-            names = {n.lower() for n, _ in self.headers}
-            self.framed = "content-length" in names or "transfer-encoding" in names
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self.buffered += len(body)
-
-    def on_message_complete(self) -> None:
-        if self.head_done:
-            self.msg_done = True
+        self.state: ResponseState | None = None
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy or self.msg_done:
+        state = self.state
+        if not self.busy or state is None or state.msg_done:
             self.stale = True  # bytes nobody asked for: never reuse this connection
             self._wake()
             return
-        self.got_bytes = True
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.error = ProtocolError(f"invalid HTTP response: {exc}")
+            state.feed(data)
+        except ProtocolError as exc:
+            self.error = exc
             self.stale = True
-        if self.buffered > _HIGH_WATER:
+        if state.buffered > _HIGH_WATER:
             self._pause()
         self._wake()
 
@@ -382,77 +323,58 @@ class _FastConn(_Conn):
     def prepare(
         method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
     ) -> Any:
-        if _TOKEN.fullmatch(method) is None:
-            raise ValueError(f"invalid request: method {method!r} is not an HTTP token")
-        if _BAD_TARGET.search(target) is not None:
-            raise ValueError(f"invalid request: target {target!r} has spaces or control bytes")
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        for name, value in headers:
-            if _TOKEN.fullmatch(name) is None:
-                raise ValueError(f"invalid request: header name {name!r} is not an HTTP token")
-            text = value.strip(" \t")
-            if _BAD_VALUE.search(text) is not None:
-                raise ValueError(f"invalid request: header {name!r} has CR, LF or NUL")
-            lines.append(f"{name}: {text}\r\n")
-        lines.append("\r\n")
-        try:
-            data = "".join(lines).encode("latin-1")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"invalid request: header text is not latin-1: {exc}") from exc
-        return data + body if body else data
+        return encode_request(method, target, headers, body)
 
     async def send_request(self, prepared: Any, method: str, body: bytes | None) -> None:
-        data: bytes = prepared
-        self.parser = httptools.HttpResponseParser(self)
-        self.status, self.reason, self.headers = 0, "", []
-        self.chunks.clear()
-        self.buffered = 0
-        self.head_done = self.msg_done = self.got_bytes = False
-        self.framed = True
-        self.is_head = method == "HEAD"
-        await self._write(data)
+        self.state = ResponseState(method == "HEAD")
+        await self._write(prepared)
 
-    def _check(self) -> None:
+    def _check(self, state: ResponseState) -> None:
         error = self.error
         if error is not None and not isinstance(error, TimeoutError):
             if isinstance(error, ProtocolError):
                 raise error
-            if not self.head_done and not self.got_bytes:
+            if not state.got_bytes:
                 raise self._disconnected()
             raise ProtocolError(f"connection failed mid-response: {error!r}")
+        if self.eof:
+            state.eof()
 
     async def read_head(self) -> tuple[int, str, list[tuple[str, str]]]:
-        while not self.head_done:
-            self._check()
-            if self.eof:
-                if not self.got_bytes:
-                    raise self._disconnected()
-                raise ProtocolError("peer closed connection in the middle of the response head")
+        state = self.state
+        assert state is not None
+        while not state.head_done:
+            self._check(state)
+            if state.head_done:
+                break
             await self._wait()
-        return self.status, self.reason, self.headers
+        return state.status, state.reason, state.headers
 
     async def read_chunk(self) -> bytes:
-        chunks = self.chunks
-        while not chunks:
-            if self.msg_done:
+        state = self.state
+        assert state is not None
+        while not state.chunks:
+            if state.msg_done:
                 return b""
-            self._check()
-            if self.eof:
-                if not self.framed:  # body delimited by the end of the connection
-                    self.msg_done = True
-                    self.keep_alive = False
-                    return b""
-                raise http.client.IncompleteRead(b"")
+            self._check(state)
+            if state.msg_done or state.chunks:
+                continue
             await self._wait()
-        data = chunks.popleft()
-        self.buffered -= len(data)
-        if self.paused and self.buffered < _HIGH_WATER // 2:
+        data = state.pop()
+        if self.paused and state.buffered < _HIGH_WATER // 2:
             self._resume()
         return data
 
     def finish_cycle(self) -> bool:
-        if self.msg_done and self.keep_alive and not self.stale and not self.chunks:
-            self.parser = None
+        state = self.state
+        if (
+            state is not None
+            and state.msg_done
+            and state.keep_alive
+            and not self.stale
+            and not state.chunks
+        ):
+            self.state = None
             self.error = None
             return True
         return False

@@ -1,4 +1,4 @@
-"""``HTTPPool``: persistent HTTP/1.1 connections per origin for threads, on ``http.client``."""
+"""``HTTPPool``: persistent HTTP/1.1 connections per origin for threads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
+from poolkit.http._fast import ResponseState, encode_request, httptools
 from poolkit.http._models import (
     DEFAULT_TLS,
     IDEMPOTENT_METHODS,
@@ -31,6 +32,8 @@ from poolkit.keyed import KeyedPoolStats
 __all__ = ["HTTPPool", "StreamResponse"]
 
 _DEFAULT: Any = object()
+_PARSERS = ("auto", "httptools", "http.client")
+_RECV_SIZE = 256 * 1024
 _POLLIN_ANY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 # What a reused keep-alive connection raises when the server had closed it meanwhile.
 _STALE_ERRORS = (
@@ -45,14 +48,14 @@ _STALE_ERRORS = (
 
 
 class _Conn:
-    """One TCP (+TLS) connection driven by ``http.client.HTTPConnection``.
+    """One TCP (+TLS) connection; the subclasses speak HTTP/1.1 over it.
 
     The pool creates it unconnected (that never fails); the borrower connects it on first
     use, so a refused connection or a bad certificate reaches that caller at once instead
     of being retried by the pool until the acquire timeout.
     """
 
-    __slots__ = ("ctx", "http", "origin", "poller", "requests", "sock", "timeout")
+    __slots__ = ("ctx", "origin", "poller", "requests", "sock", "timeout")
 
     def __init__(self, origin: Origin, ctx: ssl.SSLContext | None, connect_timeout: float | None):
         self.origin = origin
@@ -60,7 +63,6 @@ class _Conn:
         self.timeout = connect_timeout
         self.requests = 0
         self.sock: Any = None
-        self.http: Any = None
         self.poller: Any = None
 
     def connect(self) -> None:
@@ -82,13 +84,13 @@ class _Conn:
         except BaseException:
             sock.close()
             raise
-        conn = http.client.HTTPConnection(origin.host, origin.port)
-        conn.sock = sock
-        conn.auto_open = 0  # never reconnect behind the pool's back
-        self.http = conn
         self.sock = sock
         self.poller = select.poll()
         self.poller.register(sock.fileno(), _POLLIN_ANY)
+        self._connected(sock)
+
+    def _connected(self, sock: Any) -> None:
+        pass
 
     def is_fresh(self) -> bool:
         """An idle HTTP/1.1 connection must have nothing to read: data or EOF means stale."""
@@ -100,10 +102,174 @@ class _Conn:
         return not self.poller.poll(0)
 
     def close(self) -> None:
-        if self.http is not None:
-            self.http.close()
         if self.sock is not None:
             self.sock.close()
+
+    # -- the exchange, implemented per parser ------------------------------------------
+
+    @staticmethod
+    def prepare(
+        method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Any:
+        """Validate and encode a request before a connection is borrowed (ValueError)."""
+        return None
+
+    def exchange(
+        self,
+        prepared: Any,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        """Send the request; return the response head (status, reason, headers)."""
+        raise NotImplementedError
+
+    def read_all(self) -> bytes:
+        """The rest of the body."""
+        raise NotImplementedError
+
+    def read_chunk(self, size: int) -> bytes:
+        """Up to ``size`` bytes of body as they arrive (``b""`` at the end)."""
+        raise NotImplementedError
+
+    def body_done(self) -> bool:
+        """True once the whole response was read."""
+        raise NotImplementedError
+
+    def reusable(self) -> bool:
+        """True when the exchange is complete and the server keeps the connection open."""
+        raise NotImplementedError
+
+
+class _StdlibConn(_Conn):
+    """HTTP/1.1 through the standard library's ``http.client.HTTPConnection``."""
+
+    __slots__ = ("http", "resp")
+
+    def __init__(self, origin: Origin, ctx: ssl.SSLContext | None, connect_timeout: float | None):
+        super().__init__(origin, ctx, connect_timeout)
+        self.http: Any = None
+        self.resp: Any = None
+
+    def _connected(self, sock: Any) -> None:
+        conn = http.client.HTTPConnection(self.origin.host, self.origin.port)
+        conn.sock = sock
+        conn.auto_open = 0  # never reconnect behind the pool's back
+        self.http = conn
+
+    def exchange(
+        self,
+        prepared: Any,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        h = self.http
+        h.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            h.putheader(name, value)
+        h.endheaders(body)
+        resp = self.resp = h.getresponse()
+        return resp.status, resp.reason, resp.getheaders()
+
+    def read_all(self) -> bytes:
+        data: bytes = self.resp.read()
+        return data
+
+    def read_chunk(self, size: int) -> bytes:
+        resp = self.resp
+        chunk: bytes = resp.read1(size)
+        if not chunk and resp.length:
+            raise http.client.IncompleteRead(b"", resp.length)
+        if resp.length == 0:
+            resp.read()  # lets http.client mark the exchange complete
+        return chunk
+
+    def body_done(self) -> bool:
+        return bool(self.resp.isclosed())
+
+    def reusable(self) -> bool:
+        resp = self.resp
+        return bool(resp.isclosed() and not resp.will_close)
+
+    def close(self) -> None:
+        if self.resp is not None:
+            self.resp.close()
+        if self.http is not None:
+            self.http.close()
+        super().close()
+
+
+class _FastConn(_Conn):
+    """HTTP/1.1 with the llhttp parser (``httptools``) straight over the socket."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, origin: Origin, ctx: ssl.SSLContext | None, connect_timeout: float | None):
+        super().__init__(origin, ctx, connect_timeout)
+        self.state: Any = None
+
+    @staticmethod
+    def prepare(
+        method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Any:
+        return encode_request(method, target, headers, body)
+
+    def _recv(self) -> None:
+        data = self.sock.recv(_RECV_SIZE)
+        if data:
+            self.state.feed(data)
+        else:
+            self.state.eof()
+
+    def exchange(
+        self,
+        prepared: Any,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+    ) -> tuple[int, str, list[tuple[str, str]]]:
+        state = self.state = ResponseState(method == "HEAD")
+        self.sock.sendall(prepared)
+        while not state.head_done:
+            self._recv()
+        return state.status, state.reason, state.headers
+
+    def read_all(self) -> bytes:
+        state = self.state
+        while not state.msg_done:
+            self._recv()
+        chunks = state.chunks
+        if not chunks:
+            return b""
+        data: bytes = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        state.buffered = 0
+        return data
+
+    def read_chunk(self, size: int) -> bytes:
+        state = self.state
+        while not state.chunks:
+            if state.msg_done:
+                return b""
+            self._recv()
+        data: bytes = state.pop()
+        if len(data) > size:
+            state.chunks.appendleft(data[size:])
+            state.buffered += len(data) - size
+            data = data[:size]
+        return data
+
+    def body_done(self) -> bool:
+        state = self.state
+        return bool(state.msg_done and not state.chunks)
+
+    def reusable(self) -> bool:
+        state = self.state
+        return bool(state.msg_done and not state.chunks and state.keep_alive)
 
 
 def _close(conn: _Conn) -> None:
@@ -124,14 +290,16 @@ class StreamResponse:
                 sink.write(chunk)
     """
 
-    __slots__ = ("_lease", "_resp", "headers", "reason", "status")
+    __slots__ = ("_conn", "_lease", "headers", "reason", "status")
 
-    def __init__(self, lease: Any, resp: http.client.HTTPResponse) -> None:
+    def __init__(
+        self, lease: Any, conn: _Conn, head: tuple[int, str, list[tuple[str, str]]]
+    ) -> None:
         self._lease = lease
-        self._resp = resp
-        self.status = resp.status
-        self.reason = resp.reason
-        self.headers = Headers(resp.getheaders())
+        self._conn = conn
+        self.status = head[0]
+        self.reason = head[1]
+        self.headers = Headers(head[2])
 
     @property
     def closed(self) -> bool:
@@ -140,20 +308,16 @@ class StreamResponse:
 
     def iter_bytes(self, chunk_size: int = 65536) -> Iterator[bytes]:
         """Yield the body in chunks of at most ``chunk_size`` bytes as they arrive."""
-        resp = self._resp
+        conn = self._conn
         while self._lease is not None:
             try:
-                chunk = resp.read1(chunk_size)
-                if not chunk and resp.length:
-                    raise http.client.IncompleteRead(b"", resp.length)
-                if resp.length == 0:
-                    resp.read()  # lets http.client mark the exchange complete
+                chunk = conn.read_chunk(chunk_size)
             except BaseException:
                 self._finish(reuse=False)
                 raise
-            if resp.isclosed():
+            if conn.body_done():
                 # hand the connection back before the last chunk reaches the caller
-                self._finish(reuse=not resp.will_close)
+                self._finish(reuse=conn.reusable())
             if chunk:
                 yield chunk
             elif self._lease is not None:
@@ -164,17 +328,17 @@ class StreamResponse:
         if self._lease is None:
             return b""
         try:
-            data = self._resp.read()
+            data = self._conn.read_all()
         except BaseException:
             self._finish(reuse=False)
             raise
-        self._finish(reuse=not self._resp.will_close)
+        self._finish(reuse=self._conn.reusable())
         return data
 
     def close(self) -> None:
         """Give the connection back: reused if the body was fully read, else closed."""
         if self._lease is not None:
-            self._finish(reuse=self._resp.isclosed() and not self._resp.will_close)
+            self._finish(reuse=self._conn.reusable())
 
     def _finish(self, reuse: bool) -> None:
         lease, self._lease = self._lease, None
@@ -183,7 +347,6 @@ class StreamResponse:
         if reuse:
             lease.release()
         else:
-            self._resp.close()
             lease.discard()
 
     def __enter__(self) -> StreamResponse:
@@ -237,9 +400,19 @@ class HTTPPool:
         acquire_timeout: float = 30.0,
         tls: TLSConfig | None = None,
         headers: HeadersInput = None,
+        parser: str = "auto",
         name: str = "http",
         clock: Callable[[], float] | None = None,
     ) -> None:
+        if parser not in _PARSERS:
+            raise ValueError(f"parser ({parser!r}) must be one of {_PARSERS}")
+        if parser == "httptools" and httptools is None:
+            raise ValueError(
+                "parser ('httptools') needs the httptools package: pip install httptools"
+            )
+        fast = parser == "httptools" or (parser == "auto" and httptools is not None)
+        self._conn_class: type[_Conn] = _FastConn if fast else _StdlibConn
+        self.parser = "httptools" if fast else "http.client"
         self._settings = PoolSettings(
             max_per_host=max_per_host,
             max_total=max_total,
@@ -275,7 +448,7 @@ class HTTPPool:
 
     def _create(self, origin: Origin) -> _Conn:
         ctx = self._context(origin.tls) if origin.tls is not None else None
-        return _Conn(origin, ctx, self._settings.connect_timeout)
+        return self._conn_class(origin, ctx, self._settings.connect_timeout)
 
     def _origin(self, scheme: str, host: str, port: int, tls: TLSConfig | None) -> Origin:
         tls_key = (tls or self._tls) if scheme == "https" else None
@@ -295,13 +468,14 @@ class HTTPPool:
         body: Any,
         timeout: float | None,
         tls: TLSConfig | None,
-    ) -> tuple[Any, http.client.HTTPResponse]:
-        """Send a request and read the response head; returns (lease, response)."""
+    ) -> tuple[Any, _Conn, tuple[int, str, list[tuple[str, str]]]]:
+        """Send a request and read the response head; returns (lease, connection, head)."""
         scheme, host, port, host_header, target = parse_url(url)
         origin = self._origin(scheme, host, port, tls)
         payload = encode_body(body)
         method = method.upper()
         wire = wire_headers(host_header, self._default_headers, header_items(headers), payload)
+        prepared = self._conn_class.prepare(method, target, wire, payload)
         if timeout is _DEFAULT:
             timeout = self._timeout
         pool = self._pools
@@ -325,13 +499,8 @@ class HTTPPool:
                 if conn.timeout != timeout:
                     conn.sock.settimeout(timeout)
                     conn.timeout = timeout
-                h = conn.http
-                h.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-                for name, value in wire:
-                    h.putheader(name, value)
-                h.endheaders(payload)
                 conn.requests += 1
-                resp = h.getresponse()
+                head = conn.exchange(prepared, method, target, wire, payload)
             except BaseException as exc:
                 lease.discard()
                 if (
@@ -346,7 +515,7 @@ class HTTPPool:
                     pool.close_idle(origin)
                     continue
                 raise
-            return lease, resp
+            return lease, conn, head
 
     def request(
         self,
@@ -365,18 +534,17 @@ class HTTPPool:
         Redirects are not followed. Raises ``OSError`` (``TimeoutError``,
         ``ConnectionError``), ``http.client.HTTPException`` or ``poolkit.PoolTimeout``.
         """
-        lease, resp = self._send(method, url, headers, body, timeout, tls)
+        lease, conn, head = self._send(method, url, headers, body, timeout, tls)
         try:
-            data = resp.read()
+            data = conn.read_all()
         except BaseException:
-            resp.close()
             lease.discard()
             raise
-        if resp.will_close:
-            lease.discard()
-        else:
+        if conn.reusable():
             lease.release()
-        return Response(resp.status, Headers(resp.getheaders()), data, resp.reason)
+        else:
+            lease.discard()
+        return Response(head[0], Headers(head[2]), data, head[1])
 
     def stream(
         self,
@@ -393,8 +561,8 @@ class HTTPPool:
         Use it as a context manager so the connection always goes back (see
         :class:`StreamResponse`).
         """
-        lease, resp = self._send(method, url, headers, body, timeout, tls)
-        return StreamResponse(lease, resp)
+        lease, conn, head = self._send(method, url, headers, body, timeout, tls)
+        return StreamResponse(lease, conn, head)
 
     # -- lifecycle ---------------------------------------------------------------------
 
