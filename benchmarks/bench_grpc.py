@@ -42,6 +42,9 @@ from servers import free_port  # noqa: E402  (the tests' free loopback port help
 CALLERS = (1, 32)
 CHANNELS = 4
 REQ = health_pb2.HealthCheckRequest()
+# without it grpc would quietly reuse another live channel's connection (its global
+# subchannel pool), and "a channel per call" would not pay for a connection
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 SERVER = """
 import sys
 from concurrent import futures
@@ -86,7 +89,7 @@ SyncMaker = Callable[[str], tuple[Callable[[], None], Callable[[], None]]]
 
 def channel_per_call(target: str) -> tuple[Callable[[], None], Callable[[], None]]:
     def call() -> None:
-        with grpc.insecure_channel(target) as channel:
+        with grpc.insecure_channel(target, options=OWN_CONNECTION) as channel:
             health_pb2_grpc.HealthStub(channel).Check(REQ, timeout=10)
 
     return call, lambda: None
@@ -155,7 +158,7 @@ AsyncMaker = Callable[[str], Awaitable[tuple[Callable[[], Awaitable[None]], Any]
 
 async def aio_channel_per_call(target: str) -> tuple[Callable[[], Awaitable[None]], Any]:
     async def call() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
+        async with grpc.aio.insecure_channel(target, options=OWN_CONNECTION) as channel:
             await health_pb2_grpc.HealthStub(channel).Check(REQ, timeout=10)
 
     async def close() -> None:

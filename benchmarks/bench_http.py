@@ -5,8 +5,9 @@ callers (threads for sync clients, tasks for asyncio clients); the table shows r
 and the ratio to poolkit (and, for sync, to opening a new connection per request).
 
 * sync: new connection per request (``http.client``, the no-pool baseline), poolkit
-  ``HTTPPool``, ``requests.Session``, ``urllib3.PoolManager``, ``httpx.Client``, and
-  ``httpx.Client`` on poolkit's ``PoolkitTransport``;
+  ``HTTPPool``, ``requests.Session``, ``urllib3.PoolManager``, ``httpx.Client``,
+  ``httpx.Client`` on poolkit's ``PoolkitTransport``, and ``HTTPPool`` on the standard
+  library's ``http.client`` (what you get without httptools);
 * asyncio: poolkit ``AsyncHTTPPool``, ``httpx.AsyncClient``, ``aiohttp.ClientSession``,
   ``httpx.AsyncClient`` on ``AsyncPoolkitTransport``, and ``AsyncHTTPPool`` on the
   pure-Python ``h11`` parser (what you get without httptools).
@@ -98,6 +99,16 @@ def poolkit_sync(url: str, ca: str | None) -> tuple[Callable[[], None], Callable
     return get, pool.close
 
 
+def poolkit_sync_stdlib(url: str, ca: str | None) -> tuple[Callable[[], None], Callable[[], None]]:
+    pool = HTTPPool(max_per_host=MAX, tls=TLSConfig(ca_file=ca), parser="http.client")
+    request = pool.request
+
+    def get() -> None:
+        assert request("GET", url).status == 200
+
+    return get, pool.close
+
+
 def requests_session(url: str, ca: str | None) -> tuple[Callable[[], None], Callable[[], None]]:
     session = requests.Session()
     session.trust_env = False  # else REQUESTS_CA_BUNDLE from the environment beats .verify
@@ -149,6 +160,7 @@ SYNC: list[tuple[str, SyncMaker]] = [
     ("urllib3.PoolManager", urllib3_manager),
     ("httpx.Client", httpx_client),
     ("httpx.Client + poolkit PoolkitTransport", httpx_on_poolkit),
+    ("poolkit HTTPPool, parser='http.client' (stdlib)", poolkit_sync_stdlib),
 ]
 
 
