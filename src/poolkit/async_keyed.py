@@ -340,6 +340,31 @@ class AsyncKeyedPool(Generic[K, R]):
             total += await pool.close_idle(count)
         return total
 
+    async def resize(self, max_per_key: int | None = None, max_total: int | None = None) -> None:
+        """Change the limits at run time (see :meth:`KeyedPool.resize`)."""
+        new_per_key = self.max_per_key if max_per_key is None else max_per_key
+        new_total = self.max_total if max_total is None else max_total
+        _check_limits(new_per_key, new_total, self.idle_timeout)
+        if max_total is not None and self._budget is None:
+            raise ValueError(
+                f"max_total ({max_total}) cannot be set on keyed pool {self.name!r}, "
+                "built without one; pass max_total= to the constructor"
+            )
+        self.max_per_key = new_per_key
+        for pool in list(self._pools.values()):
+            await pool.resize(max_size=new_per_key)
+        budget = self._budget
+        if budget is None or new_total is None:
+            return
+        self.max_total = new_total
+        for ticket in budget.ledger.resize(new_total):
+            ticket.waker.set()
+        for _ in range(max(0, budget.ledger.in_use - new_total)):
+            pools: dict[Hashable, AsyncPool[R]] = dict(self._pools.items())
+            victim = choose_victim((k, p.oldest_idle_at()) for k, p in pools.items())
+            if victim is None or not await pools[victim].close_idle(1):
+                break
+
     async def sweep(self, now: float | None = None) -> int:
         """Close the sub-pools that held nothing for ``idle_timeout``; returns how many."""
         if self.idle_timeout is None:

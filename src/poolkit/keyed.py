@@ -523,6 +523,37 @@ class KeyedPool(Generic[K, R]):
             return pool.close_idle(count) if pool is not None else 0
         return sum(p.close_idle(count) for _, p in self._live_pools())
 
+    def resize(self, max_per_key: int | None = None, max_total: int | None = None) -> None:
+        """Change the limits at run time; idle resources above a lowered cap are closed
+        (least recently used first), borrowed ones count until they come back.
+
+        ``max_total`` can change only if the pool was built with one.
+        """
+        new_per_key = self.max_per_key if max_per_key is None else max_per_key
+        new_total = self.max_total if max_total is None else max_total
+        _check_limits(new_per_key, new_total, self.idle_timeout)
+        if max_total is not None and self._budget is None:
+            raise ValueError(
+                f"max_total ({max_total}) cannot be set on keyed pool {self.name!r}, "
+                "built without one; pass max_total= to the constructor"
+            )
+        self.max_per_key = new_per_key
+        for _, pool in self._live_pools():
+            pool.resize(max_size=new_per_key)
+        budget = self._budget
+        if budget is None or new_total is None:
+            return
+        self.max_total = new_total
+        with budget._lock:
+            woken = budget.ledger.resize(new_total)
+        for ticket in woken:
+            ticket.waker.set()
+        for _ in range(max(0, budget.ledger.in_use - new_total)):
+            pools: dict[Hashable, Pool[R]] = dict(self._live_pools())
+            victim = choose_victim((k, p.oldest_idle_at()) for k, p in pools.items())
+            if victim is None or not pools[victim].close_idle(1):
+                break
+
     def sweep(self, now: float | None = None) -> int:
         """Close the sub-pools that held nothing for ``idle_timeout``; returns how many.
 

@@ -236,3 +236,24 @@ def test_busy_key_cannot_starve_another_key() -> None:
 
     run(main())
     assert t.max_total <= 2
+
+
+def test_resize_at_run_time() -> None:
+    t = Tracker()
+
+    async def main() -> None:
+        async with make(t, max_per_key=2, max_total=4) as pool:
+            for key in "abcd":
+                async with pool.acquire(key):
+                    pass
+            await pool.resize(max_total=2, max_per_key=1)
+            for _ in range(100):  # destroys run as tasks
+                if t.total == 2:
+                    break
+                await asyncio.sleep(0.005)
+            s = pool.stats()
+            assert t.total == 2 and s.max_total == 2 and s.permits_in_use == 2
+            async with pool.acquire("e", timeout=2.0):
+                assert pool.stats().size <= 2
+
+    run(main())

@@ -374,3 +374,28 @@ def test_timeout_at_the_key_limit_does_not_blame_the_cap() -> None:
         assert "max_total" not in str(info.value)
         for lease in held:
             lease.release()
+
+
+def test_resize_limits_at_run_time() -> None:
+    t = Tracker()
+    with make_pool(t, max_per_key=2, max_total=4) as pool:
+        for key in "abcd":
+            with pool.acquire(key):
+                pass
+        held = pool.get("a")
+        pool.resize(max_total=2)  # two idle resources of other keys close, LRU first
+        s = pool.stats()
+        assert s.size == 2 and s.max_total == 2 and s.permits_in_use == 2
+        assert [r.key for r in t.destroyed] == ["b", "c"]
+        pool.resize(max_per_key=1)
+        with pytest.raises(PoolTimeout):
+            pool.get("a", timeout=0.05)  # "a" is at its new per-key limit
+        held.release()
+        pool.resize(max_total=3)
+        with pool.acquire("e", timeout=2.0), pool.acquire("f", timeout=2.0):
+            assert pool.stats().size <= 3
+        with pytest.raises(ValueError, match=r"max_per_key \(0\) must be >= 1"):
+            pool.resize(max_per_key=0)
+    with make_pool(Tracker()) as uncapped:
+        with pytest.raises(ValueError, match="built without one"):
+            uncapped.resize(max_total=5)
