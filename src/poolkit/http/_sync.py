@@ -378,7 +378,9 @@ class HTTPPool:
     visible), ``max_requests`` per connection, ``connect_timeout``, ``timeout`` (default
     read/write timeout of a request), ``acquire_timeout`` (wait for a free connection),
     ``tls`` (default :class:`TLSConfig`: verification on), ``headers`` (sent with every
-    request, copied each time), ``clock`` (monotonic time source; tests pass a fake one).
+    request, copied each time), ``parser`` (``"auto"``: the llhttp parser of ``httptools``
+    over the socket when installed, else the standard library's ``http.client``),
+    ``clock`` (monotonic time source; tests pass a fake one).
 
     Example::
 
