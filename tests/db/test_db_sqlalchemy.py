@@ -117,3 +117,23 @@ def test_connect_error_surfaces_as_sqlalchemy_error() -> None:
     finally:
         engine.dispose()
         engine.pool.poolkit.close()
+
+
+def test_engine_with_a_ready_pool_object() -> None:
+    import psycopg
+
+    pool = PoolkitPool(
+        lambda: psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test"),
+        pool_size=2,
+        max_overflow=0,
+        poolkit_options={"name": "ready-made"},
+    )
+    engine = sa.create_engine("postgresql+psycopg://", pool=pool)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 40 + 2")).scalar_one() == 42
+        assert engine.pool is pool and pool.stats().name == "ready-made"
+        assert "Checked out connections: 0" in pool.status()
+    finally:
+        engine.dispose()
+        engine.pool.poolkit.close()
