@@ -182,3 +182,14 @@ def test_duckdb_open_transaction_is_rolled_back_on_return(tmp_path: Path) -> Non
         with db.transaction() as conn:
             conn.execute("INSERT INTO t VALUES (2)")
         assert db.fetchall("SELECT x FROM t") == [(2,)]
+
+
+def test_duckdb_transaction_is_atomic(tmp_path: Path) -> None:
+    pytest.importorskip("duckdb")
+    with DBPool.from_url(f"duckdb:///{tmp_path / 't.duckdb'}", max_size=2) as db:
+        db.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(ZeroDivisionError), db.transaction() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute("INSERT INTO t VALUES (2)")
+            raise ZeroDivisionError
+        assert db.fetchone("SELECT count(*) FROM t") == (0,)

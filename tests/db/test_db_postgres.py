@@ -447,3 +447,31 @@ def test_statement_timeout_is_an_ordinary_error() -> None:
             assert conn.info.backend_pid == pid
             assert conn.execute("SELECT 1").fetchone() == (1,)
         assert db.stats().closed_broken_total == 0
+
+
+def test_transaction_is_atomic_on_autocommit_connections() -> None:
+    with DBPool.from_url(PG_URL, max_size=1, connect_kwargs={"autocommit": True}) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS poolkit_db_atomic (x int)")
+        db.execute("DELETE FROM poolkit_db_atomic")
+        with pytest.raises(ZeroDivisionError), db.transaction() as conn:
+            conn.execute("INSERT INTO poolkit_db_atomic VALUES (1)")
+            raise ZeroDivisionError
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO poolkit_db_atomic VALUES (2)")
+        assert db.fetchall("SELECT x FROM poolkit_db_atomic") == [(2,)]
+        db.execute("DROP TABLE poolkit_db_atomic")
+
+    async def main() -> None:
+        async with AsyncDBPool.from_url(
+            PG_URL, max_size=1, connect_kwargs={"autocommit": True}
+        ) as adb:
+            await adb.execute("CREATE TABLE IF NOT EXISTS poolkit_db_atomic2 (x int)")
+            await adb.execute("DELETE FROM poolkit_db_atomic2")
+            with pytest.raises(ZeroDivisionError):
+                async with adb.transaction() as conn:
+                    await conn.execute("INSERT INTO poolkit_db_atomic2 VALUES (1)")
+                    raise ZeroDivisionError
+            assert await adb.fetchall("SELECT x FROM poolkit_db_atomic2") == []
+            await adb.execute("DROP TABLE poolkit_db_atomic2")
+
+    _run(main())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .._types import AsyncFactory, Factory, ResourceInfo, default_is_broken
@@ -74,6 +75,16 @@ class DBFactory(_Settings, Factory[Any]):
     def close(self) -> None:
         """Release what the factory itself holds (DuckDB: the database instance)."""
 
+    @contextlib.contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        """One transaction on ``conn``: commit on success, roll back on error."""
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
     def destroy(self, resource: Any) -> None:
         """Close the connection; errors are ignored (the pool logs them)."""
         resource.close()
@@ -104,17 +115,19 @@ class AsyncDBFactory(_Settings, AsyncFactory[Any]):
         """Run a query and return its first row as a tuple, or ``None``."""
         raise NotImplementedError
 
-    async def begin(self, conn: Any) -> Any:
-        """Start a transaction for ``AsyncDBPool.transaction()``; returns a driver handle."""
-        return None
-
-    async def commit(self, conn: Any, handle: Any = None) -> None:
-        """Commit the transaction :meth:`begin` started."""
+    @contextlib.asynccontextmanager
+    async def transaction(self, conn: Any) -> AsyncIterator[Any]:
+        """One transaction on ``conn``: commit on success, roll back on error."""
+        try:
+            yield conn
+        except BaseException:
+            await conn.rollback()
+            raise
         await conn.commit()
 
-    async def rollback(self, conn: Any, handle: Any = None) -> None:
-        """Roll back the transaction :meth:`begin` started."""
-        await conn.rollback()
+    async def commit(self, conn: Any) -> None:
+        """Commit what ``execute`` did (drivers that autocommit make this a no-op)."""
+        await conn.commit()
 
 
 class DBAPIFactory(DBFactory):

@@ -6,7 +6,7 @@ import contextlib
 import itertools
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._types import ResourceInfo
@@ -197,6 +197,17 @@ class DuckDBFactory(DBFactory):
             resource.rollback()
         if callable(mode):
             mode(resource)
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        """``BEGIN`` (DuckDB connections autocommit otherwise), then commit or roll back."""
+        conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
 
     def is_broken(self, resource: Any, exc: BaseException | None) -> bool:
         """A closed connection or an invalidated database (``FatalException``) is broken."""

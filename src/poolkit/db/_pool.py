@@ -207,13 +207,8 @@ class DBPool:
     @contextlib.contextmanager
     def transaction(self, timeout: float | None = None) -> Iterator[Any]:
         """Borrow a connection for one transaction: commit on success, roll back on error."""
-        with self.pool.acquire(timeout) as conn:
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+        with self.pool.acquire(timeout) as conn, self.factory.transaction(conn):
+            yield conn
 
     def execute(self, sql: str, params: Any = None) -> int:
         """Run one statement in its own transaction; return the affected row count."""
@@ -380,22 +375,15 @@ class AsyncDBPool:
     @contextlib.asynccontextmanager
     async def transaction(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """Borrow a connection for one transaction: commit on success, roll back on error."""
-        factory = self.factory
-        async with self.pool.acquire(timeout) as conn:
-            handle = await factory.begin(conn)
-            try:
-                yield conn
-            except BaseException:
-                await factory.rollback(conn, handle)
-                raise
-            await factory.commit(conn, handle)
+        async with self.pool.acquire(timeout) as conn, self.factory.transaction(conn):
+            yield conn
 
     async def execute(self, sql: str, params: Any = None) -> int:
         """Run one statement and commit; return the affected row count (-1 if unknown)."""
         factory = self.factory
         async with self.pool.acquire() as conn:
             count = await factory.execute(conn, sql, params)
-            await factory.commit(conn, None)
+            await factory.commit(conn)
             return count
 
     async def fetchall(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:

@@ -344,6 +344,10 @@ class PsycopgFactory(_PsycopgCommon, DBFactory):
         """Lost/closed connection, a query still running, or a connection-class error."""
         return self._is_broken(resource, exc)
 
+    def transaction(self, conn: Any) -> Any:
+        """psycopg's own ``conn.transaction()``: a real transaction even in autocommit mode."""
+        return conn.transaction()
+
 
 class AsyncPsycopgFactory(_PsycopgCommon, AsyncDBFactory):
     """psycopg 3 ``AsyncConnection`` factory for :class:`poolkit.db.AsyncDBPool`.
@@ -452,6 +456,10 @@ class AsyncPsycopgFactory(_PsycopgCommon, AsyncDBFactory):
     def is_broken(self, resource: Any, exc: BaseException | None) -> bool:
         """Lost/closed connection, a query still running, or a connection-class error."""
         return self._is_broken(resource, exc)
+
+    def transaction(self, conn: Any) -> Any:
+        """psycopg's own ``conn.transaction()``: a real transaction even in autocommit mode."""
+        return conn.transaction()
 
     async def execute(self, conn: Any, sql: str, params: Any) -> int:
         """Run a statement; return its row count."""
@@ -661,18 +669,9 @@ class AsyncpgFactory(AsyncDBFactory):
         row = await conn.fetchrow(sql, *(params or ()))
         return None if row is None else tuple(row)
 
-    async def begin(self, conn: Any) -> Any:
-        """Start an asyncpg transaction object."""
-        tr = conn.transaction()
-        await tr.start()
-        return tr
+    def transaction(self, conn: Any) -> Any:
+        """asyncpg's own ``conn.transaction()``."""
+        return conn.transaction()
 
-    async def commit(self, conn: Any, handle: Any = None) -> None:
-        """Commit the transaction started by :meth:`begin`."""
-        if handle is not None:
-            await handle.commit()
-
-    async def rollback(self, conn: Any, handle: Any = None) -> None:
-        """Roll back the transaction started by :meth:`begin`."""
-        if handle is not None:
-            await handle.rollback()
+    async def commit(self, conn: Any) -> None:
+        """asyncpg runs each statement in its own transaction: nothing to commit."""
