@@ -120,5 +120,14 @@ def test_aiomysql_basics_and_cancellation() -> None:
             assert db.stats().closed_broken_total == 1
             results = await asyncio.gather(*(db.fetchone("SELECT %s", (i,)) for i in range(10)))
             assert results == [(i,) for i in range(10)]
+            async with db.connection() as conn, conn.cursor() as cur:
+                tid = conn.thread_id()
+                await cur.execute("SET @poolkit_var = 5")
+                await cur.execute("BEGIN")
+            async with db.connection() as conn, conn.cursor() as cur:
+                assert conn.thread_id() == tid
+                await cur.execute("SELECT @poolkit_var")
+                assert await cur.fetchone() == (None,)  # COM_RESET_CONNECTION cleared it
+                assert not conn.server_status & 1 and not conn.get_autocommit()
 
     asyncio.run(asyncio.wait_for(main(), 60))
