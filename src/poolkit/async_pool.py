@@ -467,7 +467,8 @@ class AsyncPool(ShellBase, Generic[R]):
         create = self._hooks.create
         try:
             if budget is not None:
-                token = await budget.acquire(self._core.time_left(start))
+                # a little less than the waiter's time, so a refusal becomes the timeout's cause
+                token = await budget.acquire(self._core.time_left(start) * 0.8)
             resource = await create()
         except BaseException as exc:
             if token is not None:

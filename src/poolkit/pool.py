@@ -406,7 +406,9 @@ class Pool(ShellBase, Generic[R]):
             if budget is not None:
                 with self._lock:
                     time_left = self._core.time_left(start)
-                token = budget.acquire(time_left)
+                # a little less than the waiter's time: a refusal then arrives while it still
+                # waits, and becomes its PoolTimeout's cause
+                token = budget.acquire(time_left * 0.8)
             resource = self._hooks.create()
         except Exception as exc:
             if token is not None and budget is not None:
