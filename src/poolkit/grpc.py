@@ -274,6 +274,7 @@ class ChannelPool:
         self._cond = threading.Condition(self._lock)
         self._waiting = 0
         self._next_check = 0.0
+        self._closers: list[threading.Thread] = []
         self.name = self._s.name
         with self._lock:
             self._p.slots = [self._new_slot(i) for i in range(size)]
@@ -298,12 +299,36 @@ class ChannelPool:
         return slot
 
     @staticmethod
-    def _close_slot(slot: _Slot) -> None:
-        channel = slot.channel
-        try:
-            channel.unsubscribe(slot.watcher)
-        finally:
-            channel.close()
+    def _unsubscribe(slot: _Slot) -> None:
+        with contextlib.suppress(Exception):
+            slot.channel.unsubscribe(slot.watcher)
+
+    @staticmethod
+    def _close_channels(slots: list[_Slot]) -> None:
+        """Close channels once grpc's connectivity thread let go of them.
+
+        grpcio's polling thread wakes every 0.2 s; closing a channel under it makes that
+        thread die with "Cannot monitor channel state: Channel closed!". So: unsubscribe
+        (done by the caller), wait (bounded) until the thread stopped, then close.
+        """
+        deadline = time.monotonic() + 1.0
+        for slot in slots:
+            state = getattr(slot.channel, "_connectivity_state", None)
+            while getattr(state, "polling", False) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        for slot in slots:
+            slot.channel.close()
+
+    def _close_later(self, slot: _Slot) -> None:
+        """Close a retired channel off the borrower's path (it may wait up to 0.2 s)."""
+        self._unsubscribe(slot)
+        thread = threading.Thread(
+            target=self._close_channels, args=([slot],), name=f"poolkit-{self.name}-close"
+        )
+        thread.daemon = True
+        self._closers = [t for t in self._closers if t.is_alive()]
+        self._closers.append(thread)
+        thread.start()
 
     def _replace_stuck(self, now: float) -> list[_Slot]:
         """Under the lock: swap stuck channels for new ones; return the retired to close."""
@@ -343,7 +368,7 @@ class ChannelPool:
             if slot is None:
                 slot = self._wait(timeout, now)
         for old in to_close:
-            self._close_slot(old)
+            self._close_later(old)
         return slot
 
     def _wait(self, timeout: float | None, start: float) -> _Slot:
@@ -380,7 +405,7 @@ class ChannelPool:
             if self._waiting:
                 self._cond.notify()
         if close:
-            self._close_slot(slot)
+            self._close_later(slot)
 
     # -- inspection and lifecycle ------------------------------------------------------
 
@@ -391,7 +416,7 @@ class ChannelPool:
             to_close = self._replace_stuck(self._p.clock())
             replaced = self._p.replaced_total - before
         for old in to_close:
-            self._close_slot(old)
+            self._close_later(old)
         return replaced
 
     def stats(self) -> ChannelPoolStats:
@@ -410,7 +435,10 @@ class ChannelPool:
                 slot.retired = True
             self._cond.notify_all()
         for slot in slots:
-            self._close_slot(slot)
+            self._unsubscribe(slot)
+        self._close_channels(slots)
+        for thread in self._closers:
+            thread.join(2.0)
 
     def __enter__(self) -> ChannelPool:
         return self
