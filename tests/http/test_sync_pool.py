@@ -410,3 +410,34 @@ def test_parser_option(sync_parser: str) -> None:
         assert pool.parser == sync_parser
     with pytest.raises(ValueError, match=r"parser \('h2'\) must be one of"):
         HTTPPool(parser="h2")
+
+
+def test_client_certificate_is_part_of_the_key(tls_nginx: object, certs: object) -> None:
+    web = tls_nginx
+    url = web.tls_url("/echo-headers")  # type: ignore[attr-defined]
+    anonymous = TLSConfig(ca_file=str(certs.ca))  # type: ignore[attr-defined]
+    mtls = TLSConfig(
+        ca_file=str(certs.ca),  # type: ignore[attr-defined]
+        client_cert=str(certs.client_cert),  # type: ignore[attr-defined]
+        client_key=str(certs.client_key),  # type: ignore[attr-defined]
+    )
+    with HTTPPool() as pool:
+        a = pool.request("GET", url, tls=anonymous)
+        b = pool.request("GET", url, tls=mtls)
+        a2 = pool.request("GET", url, tls=anonymous)
+    assert a.headers["x-client-verify"] == "NONE" == a2.headers["x-client-verify"]
+    assert b.headers["x-client-verify"] == "SUCCESS"
+    assert a.json()["connection"] == a2.json()["connection"] != b.json()["connection"]
+
+
+def test_tls_config_key_follows_file_contents(tmp_path: object) -> None:
+    from pathlib import Path
+
+    ca = Path(str(tmp_path)) / "ca.pem"
+    ca.write_text("one")
+    first = TLSConfig(ca_file=str(ca))
+    assert first == TLSConfig(ca_file=str(ca))
+    ca.write_text("two")  # a rotated bundle at the same path is a different key
+    assert first != TLSConfig(ca_file=str(ca))
+    with pytest.raises(ValueError, match=r"client_key \('k.pem'\) needs a client_cert"):
+        TLSConfig(client_key="k.pem")

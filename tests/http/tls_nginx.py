@@ -21,6 +21,8 @@ class Certs:
     server_cert: Path
     server_key: Path
     other_ca: Path
+    client_cert: Path
+    client_key: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -58,7 +60,25 @@ def make_certs(d: Path) -> Certs:
         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
         cwd=d,
     )  # fmt: skip
-    return Certs(d / "ca.pem", d / "server.pem", d / "server.key", d / "other.pem")
+    (d / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=poolkit client",
+        cwd=d,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "client.pem", "-days", "2", "-extfile", "client.cnf",
+        cwd=d,
+    )  # fmt: skip
+    return Certs(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "other.pem",
+        d / "client.pem",
+        d / "client.key",
+    )
 
 
 class TLSNginx(PrivateNginx):
@@ -78,7 +98,10 @@ class TLSNginx(PrivateNginx):
         tls = (
             f"\n        listen {self.host}:{self.tls_port} ssl;\n"
             f"        ssl_certificate {self.certs.server_cert};\n"
-            f"        ssl_certificate_key {self.certs.server_key};"
+            f"        ssl_certificate_key {self.certs.server_key};\n"
+            f"        ssl_client_certificate {self.certs.ca};\n"
+            f"        ssl_verify_client optional;\n"
+            f"        add_header X-Client-Verify $ssl_client_verify always;"
         )
         self.conf_path.write_text(text[: plain.end()] + tls + text[plain.end() :])
 
