@@ -322,12 +322,17 @@ class PoolCore:
         self.creating += count
         return count
 
-    def reserve_create(self) -> bool:
-        """Count one creation asked for explicitly (warm start); False when the pool is full."""
-        if self.closed or self.size + self.creating >= self.config.max_size:
-            return False
-        self.creating += 1
-        return True
+    def reserve_warm(self) -> int:
+        """Count the creations a warm start needs to reach ``min_size``; return how many."""
+        if self.closed:
+            return 0
+        count = max(self.config.min_size - self.size - self.creating, 0)
+        self.creating += count
+        return count
+
+    def unreserve(self, count: int) -> None:
+        """Give back reserved creations that will not be attempted."""
+        self.creating -= count
 
     def created(
         self, resource: Any, now: float, token: object = None

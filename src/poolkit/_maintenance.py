@@ -9,12 +9,13 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 from ._events import logger
 from .errors import PoolError
 
-__all__ = ["Maintainable", "scheduler"]
+__all__ = ["Maintainable", "scheduler", "workers"]
 
 
 class Maintainable(Protocol):
@@ -109,10 +110,52 @@ class _Scheduler:
 scheduler = _Scheduler()
 
 
+class _Workers:
+    """Reusable daemon threads for blocking jobs (resource creation) of every thread pool.
+
+    A job never waits for a busy thread: when no thread is idle a new one starts, so a
+    hanging ``create`` cannot hold up another pool's. Threads idle for ``linger`` seconds exit.
+    """
+
+    def __init__(self, linger: float = 30.0) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: list[Callable[[], object]] = []
+        self._idle = 0
+        self._linger = linger
+
+    def submit(self, job: Callable[[], object]) -> None:
+        """Run ``job()`` on a pooled thread."""
+        with self._cond:
+            self._jobs.append(job)
+            if self._idle >= len(self._jobs):
+                self._cond.notify()
+                return
+        threading.Thread(target=self._run, name="poolkit-worker", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._idle += 1
+                    woken = self._cond.wait(self._linger)
+                    self._idle -= 1
+                    if not woken and not self._jobs:
+                        return
+                job = self._jobs.pop(0)
+            try:
+                job()
+            except BaseException:
+                logger.exception("poolkit: background job %r failed", job)
+
+
+workers = _Workers()
+
+
 def _reset_after_fork() -> None:
-    """The child has no maintenance thread: start afresh (pools re-register on first use)."""
-    global scheduler
+    """The child has none of the parent's threads: start afresh (pools re-register on use)."""
+    global scheduler, workers
     scheduler = _Scheduler()
+    workers = _Workers()
 
 
 if hasattr(os, "register_at_fork"):

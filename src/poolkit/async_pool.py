@@ -189,6 +189,8 @@ class AsyncPool(ShellBase, Generic[R]):
         order: str = "lifo",
         leak_timeout: float | None = None,
         name: str | None = None,
+        create_backoff: float = 0.05,
+        create_backoff_max: float = 10.0,
         budget: AsyncBudget | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -217,6 +219,8 @@ class AsyncPool(ShellBase, Generic[R]):
             order=order,
             leak_timeout=leak_timeout,
             name=name or "",
+            create_backoff=create_backoff,
+            create_backoff_max=create_backoff_max,
         )
         self._budget = budget
         self._init_shell(config, hooks, clock)
@@ -303,8 +307,11 @@ class AsyncPool(ShellBase, Generic[R]):
                 if now - entry.last_used >= self._check_window:
                     try:
                         ok = await self._run_check(entry, now)
-                    except BaseException:  # cancelled while checking: never lose the slot
-                        self._give_back_unused(entry)
+                    except BaseException:
+                        # cancelled mid-check: the resource may be half-way through a
+                        # round trip, so it is destroyed (never reused) and its slot freed
+                        self._core.discard(entry, "check", self._clock())
+                        self._flush()
                         raise
                     if not ok:
                         entry = None
@@ -563,12 +570,14 @@ class AsyncPool(ShellBase, Generic[R]):
         made = 0
         error: BaseException | None = None
         core = self._core
-        while core.size + core.creating < core.config.min_size and core.reserve_create():
+        planned = core.reserve_warm()
+        for attempt in range(planned):
             try:
                 await self._create_one()
                 made += 1
             except Exception as exc:
                 error = exc
+                core.unreserve(planned - attempt - 1)
                 break
         if error is not None and made == 0 and core.size == 0:
             raise ResourceCreationError(

@@ -160,6 +160,8 @@ class Pool(ShellBase, Generic[R]):
         order: ``"lifo"`` (warm resources first, lets the rest expire) or ``"fifo"``.
         leak_timeout: report a resource held longer than this, with its borrow site.
         name: shown in reprs, logs, stats and metrics.
+        create_backoff: first delay before retrying a failed creation; it doubles (with
+            jitter) up to ``create_backoff_max`` while creation keeps failing.
         budget: a :class:`poolkit.Budget` whose permit is taken before each creation.
     """
 
@@ -186,6 +188,8 @@ class Pool(ShellBase, Generic[R]):
         order: str = "lifo",
         leak_timeout: float | None = None,
         name: str | None = None,
+        create_backoff: float = 0.05,
+        create_backoff_max: float = 10.0,
         budget: Budget | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -212,6 +216,8 @@ class Pool(ShellBase, Generic[R]):
             order=order,
             leak_timeout=leak_timeout,
             name=name or "",
+            create_backoff=create_backoff,
+            create_backoff_max=create_backoff_max,
         )
         self._budget = budget
         self._lock = _allocate_lock()
@@ -387,11 +393,8 @@ class Pool(ShellBase, Generic[R]):
 
     def _spawn_creators(self, count: int) -> None:
         for _ in range(count):
-            thread = threading.Thread(
-                target=self._create_loop, name=f"poolkit-create-{self.name}", daemon=True
-            )
             try:
-                thread.start()
+                _maintenance.workers.submit(self._create_loop)
             except BaseException as exc:  # cannot start a thread: undo the reservation
                 with self._lock:
                     self._core.create_failed(exc, self._clock())
@@ -529,16 +532,16 @@ class Pool(ShellBase, Generic[R]):
             return
         made = 0
         error: BaseException | None = None
-        while True:
-            with self._lock:
-                core = self._core
-                if core.size + core.creating >= core.config.min_size or not core.reserve_create():
-                    break
+        with self._lock:
+            planned = self._core.reserve_warm()
+        for attempt in range(planned):
             try:
                 self._create_one()
                 made += 1
             except Exception as exc:
                 error = exc
+                with self._lock:
+                    self._core.unreserve(planned - attempt - 1)
                 break
         if error is not None and made == 0 and self._core.size == 0:
             raise ResourceCreationError(

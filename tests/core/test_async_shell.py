@@ -372,3 +372,30 @@ def test_resize_and_close_idle() -> None:
         await pool.close()
 
     run(main)
+
+
+def test_cancelled_during_check_destroys_the_resource() -> None:
+    async def main() -> None:
+        factory = AsyncThings()
+        checking = asyncio.Event()
+        never = asyncio.Event()
+
+        async def slow_check(thing: Thing, info: object) -> bool:
+            checking.set()
+            await never.wait()
+            return True
+
+        pool = AsyncPool(factory, max_size=1, check=slow_check, check_after_idle=0)
+        async with pool.acquire() as first:
+            pass
+        task = asyncio.create_task(pool.get(timeout=10))
+        await checking.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until(lambda: first.closed)  # half-checked: never handed to the next borrower
+        stats = pool.stats()
+        assert stats.in_use == 0 and stats.idle == 0 and stats.check_failed_total == 1
+        await pool.close()
+
+    run(main)

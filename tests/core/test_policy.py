@@ -16,7 +16,7 @@ def make_core(**options: object) -> PoolCore:
 
 def fill(core: PoolCore, count: int, now: float = 0.0) -> None:
     for i in range(count):
-        assert core.reserve_create()
+        core.creating += 1  # a creation the shell would have planned
         core.created(f"r{i}", now)
 
 

@@ -10,8 +10,9 @@ from collections.abc import Callable
 import pytest
 
 import poolkit
-from helpers import FakeClock, wait_for
 from poolkit.metrics import PoolMonitor
+
+from helpers import FakeClock, wait_for
 
 MakePool = Callable[..., poolkit.Pool[sqlite3.Connection]]
 LOGGER = "poolkit.monitor"
