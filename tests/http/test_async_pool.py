@@ -25,6 +25,8 @@ UA = {"User-Agent": "poolkit-test"}
 @pytest.fixture(params=["httptools", "h11"])
 def parser(request: pytest.FixtureRequest) -> str:
     """Every async test runs with both response parsers."""
+    if request.param == "httptools" and async_mod.httptools is None:
+        pytest.skip("httptools is not installed (pip install 'poolkit[http]')")
     return str(request.param)
 
 

@@ -27,6 +27,8 @@ def sync_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     """Every test runs on both protocol backends (``parser="auto"`` picks the first)."""
     if request.param == "http.client":
         monkeypatch.setattr(sync_mod, "httptools", None)
+    elif sync_mod.httptools is None:
+        pytest.skip("httptools is not installed (pip install 'poolkit[http]')")
     return str(request.param)
 
 
