@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -167,6 +168,18 @@ def _wait_gone(pids: list[int], timeout: float) -> bool:
             return True
         time.sleep(0.01)
     return not any(_alive(p) for p in pids)
+
+
+#: servers not yet cleaned up; stopped at interpreter exit so that a test run that ends
+#: without its fixtures' teardown (Ctrl-C, an error in a plain script) leaves no server behind
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _cleanup_live() -> None:
+    for server in list(_LIVE):
+        with contextlib.suppress(Exception):
+            server.cleanup()
 
 
 class _Process:
@@ -362,6 +375,7 @@ class PrivatePostgres:
         self.log_path = self._root / "postgres.log"
         self._proc = _Process()
         self._cleaned = False
+        _LIVE.add(self)
         try:
             template = _pg_template()
             subprocess.run(["cp", "-a", str(template), str(self.data_dir)], check=True)
@@ -587,6 +601,7 @@ class PrivateRedis:
         self.log_path = self._root / "redis.log"
         self._proc = _Process()
         self._cleaned = False
+        _LIVE.add(self)
         if start:
             try:
                 self.start()
@@ -801,6 +816,7 @@ class PrivateNginx:
         self.pid_path = self._root / "nginx.pid"
         self._proc = _Process()
         self._cleaned = False
+        _LIVE.add(self)
         try:
             www = self._root / "www" / "bytes"
             www.mkdir(parents=True)

@@ -244,3 +244,28 @@ def test_missing_binary_skips_with_its_name(monkeypatch):
     with pytest.raises(pytest.skip.Exception, match="'redis-server' is not installed"):
         servers.PrivateRedis()
     assert servers.missing_binary("nginx") == "'nginx' is not installed (not on PATH)"
+
+
+def test_servers_left_running_are_stopped_at_exit(redis_binary):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from servers import PrivateRedis\n"
+        "rs = PrivateRedis()\n"
+        "print(rs.pid, rs.port, flush=True)\n"  # exits without cleanup()
+    )
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", script, tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    pid, port = (int(x) for x in done.stdout.split())
+    assert not _running(pid)
+    assert port_refuses(port)
