@@ -228,3 +228,46 @@ def test_timings_off_attaches_no_listener(registry: CollectorRegistry, make_pool
     assert sorted(counting.subscribed) == ["acquire", "create", "release"]
     collector.register(counting, timings=False)  # and switching off detaches them
     assert counting.unsubscribed == 3
+
+
+class SwitchableBudget:
+    """A poolkit.Budget whose status the test sets."""
+
+    def __init__(self) -> None:
+        self.current = "ok"
+
+    def acquire(self, timeout: float | None) -> object:
+        return object()
+
+    def release(self, token: object) -> None:
+        pass
+
+    def status(self) -> str:
+        return self.current
+
+
+def test_budget_status_is_a_state_set(registry: CollectorRegistry, scrape, make_pool: MakePool):
+    budget = SwitchableBudget()
+    with_budget = make_pool(name="budgeted", budget=budget)
+    without = make_pool(name="plain")
+    collector = PoolCollector(registry)
+    collector.register(with_budget)
+    collector.register(without)
+
+    def statuses() -> dict[str, float]:
+        samples = scrape()
+        assert not any(
+            n == "poolkit_pool_budget_status" and dict(lbl)["pool"] == "plain" for n, lbl in samples
+        )
+        return {
+            dict(lbl)["status"]: v
+            for (n, lbl), v in samples.items()
+            if n == "poolkit_pool_budget_status" and dict(lbl)["pool"] == "budgeted"
+        }
+
+    assert with_budget.stats().budget_status == "ok"
+    assert statuses() == {"ok": 1.0, "degraded": 0.0, "unavailable": 0.0}
+    budget.current = "degraded"
+    assert statuses() == {"ok": 0.0, "degraded": 1.0, "unavailable": 0.0}
+    budget.current = "unavailable"
+    assert statuses() == {"ok": 0.0, "degraded": 0.0, "unavailable": 1.0}

@@ -11,12 +11,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from poolkit.cluster._common import BudgetInfo
+from poolkit.metrics._common import BUDGET_STATUSES
 
 __all__ = ["BudgetCollector"]
 
 _log = logging.getLogger("poolkit.cluster")
 
-_STATUSES = ("ok", "degraded", "unavailable")
 # (metric suffix, BudgetInfo field, help)
 _GAUGES: tuple[tuple[str, str, str], ...] = (
     ("limit", "limit", "The fleet-wide number of leases the budget allows."),
@@ -100,7 +100,7 @@ class BudgetCollector(Collector):
                     gauges[suffix].add_metric([info.name], float(value))
             for suffix, field, _ in _COUNTERS:
                 counters[suffix].add_metric([info.name], float(getattr(info, field)))
-            for s in _STATUSES:
+            for s in BUDGET_STATUSES:
                 status.add_metric([info.name, s], 1.0 if info.status == s else 0.0)
         yield from gauges.values()
         yield status

@@ -7,7 +7,17 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["DEFAULT_BUCKETS", "Histogram", "PoolLike", "destroyed_by_reason", "resolve_pool"]
+__all__ = [
+    "BUDGET_STATUSES",
+    "DEFAULT_BUCKETS",
+    "Histogram",
+    "PoolLike",
+    "destroyed_by_reason",
+    "resolve_pool",
+]
+
+#: The statuses a budget reports (``Budget.status()``), as exported in state-set gauges.
+BUDGET_STATUSES: tuple[str, ...] = ("ok", "degraded", "unavailable")
 
 #: Histogram bucket bounds in seconds: from 100 microseconds (a pooled borrow) to 30 s (a
 #: creation that hits its timeout).

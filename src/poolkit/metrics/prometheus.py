@@ -16,6 +16,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from poolkit.metrics._common import (
+    BUDGET_STATUSES,
     DEFAULT_BUCKETS,
     Histogram,
     PoolLike,
@@ -90,10 +91,12 @@ class PoolCollector(Collector):
 
     Gauges ``poolkit_pool_{size,idle,in_use,creating,waiting,min_size,max_size}``; counters
     ``poolkit_pool_{acquired,timeouts,created,create_errors,rejected,leaks}_total`` and
-    ``poolkit_pool_destroyed_total{reason=...}``, all read from ``pool.stats()`` at scrape
-    time. With ``timings=True`` also histograms ``poolkit_pool_acquire_wait_seconds``,
-    ``poolkit_pool_usage_seconds`` and ``poolkit_pool_create_seconds``, fed by the pool's
-    events; with timings off no listener is attached, so the pool pays nothing.
+    ``poolkit_pool_destroyed_total{reason=...}``, and for a pool with a budget
+    ``poolkit_pool_budget_status{status="ok|degraded|unavailable"}`` (1 for the current one),
+    all read from ``pool.stats()`` at scrape time. With ``timings=True`` also histograms
+    ``poolkit_pool_acquire_wait_seconds``, ``poolkit_pool_usage_seconds`` and
+    ``poolkit_pool_create_seconds``, fed by the pool's events; with timings off no listener is
+    attached, so the pool pays nothing.
 
     Example::
 
@@ -178,6 +181,11 @@ class PoolCollector(Collector):
         destroyed = CounterMetricFamily(
             p + "destroyed", "Resources destroyed, by reason.", labels=["pool", "reason"]
         )
+        budget_status = GaugeMetricFamily(
+            p + "budget_status",
+            "1 for the current status of the pool's budget (only pools with a budget).",
+            labels=["pool", "status"],
+        )
         hists = {
             suffix: HistogramMetricFamily(p + suffix, doc, labels=["pool"], unit="")
             for suffix, _, doc in _HISTOGRAMS
@@ -196,6 +204,13 @@ class PoolCollector(Collector):
                 counters[suffix].add_metric([name], float(getattr(stats, field, 0)))
             for reason, value in destroyed_by_reason(stats).items():
                 destroyed.add_metric([name, reason], float(value))
+            current = getattr(stats, "budget_status", None)
+            if current is not None:
+                statuses = BUDGET_STATUSES
+                if current not in statuses:
+                    statuses = (*statuses, current)
+                for status in statuses:
+                    budget_status.add_metric([name, status], float(status == current))
             for suffix, hist in entry.histograms.items():
                 any_timings = True
                 buckets, total, _count = hist.snapshot()
@@ -205,6 +220,7 @@ class PoolCollector(Collector):
         yield from gauges.values()
         yield from counters.values()
         yield destroyed
+        yield budget_status
         if any_timings:
             yield from hists.values()
 
