@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import threading
 from typing import Any
 
@@ -473,5 +474,39 @@ def test_transaction_is_atomic_on_autocommit_connections() -> None:
                     raise ZeroDivisionError
             assert await adb.fetchall("SELECT x FROM poolkit_db_atomic2") == []
             await adb.execute("DROP TABLE poolkit_db_atomic2")
+
+    _run(main())
+
+
+def _tcp_options(fd: int) -> tuple[int, int, int]:
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    try:
+        return (
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18)),
+        )
+    finally:
+        sock.detach()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_USER_TIMEOUT is Linux-only")
+def test_keepalive_and_tcp_user_timeout_reach_the_socket() -> None:
+    with DBPool.from_url(PG_URL, max_size=1) as db, db.connection() as conn:
+        assert _tcp_options(conn.pgconn.socket) == (1, 30, 30_000)
+    with DBPool.from_url(PG_URL, max_size=1, connect_kwargs={"tcp_user_timeout": 5000}) as db:
+        with db.connection() as conn:
+            assert _tcp_options(conn.pgconn.socket) == (1, 30, 5000)
+
+    async def main() -> None:
+        async with AsyncDBPool.from_url(PG_URL, max_size=1) as adb:
+            async with adb.connection() as conn:
+                assert _tcp_options(conn.pgconn.socket) == (1, 30, 30_000)
+        async with AsyncDBPool.from_url(PG_ASYNCPG_URL, max_size=1) as adb:
+            async with adb.connection() as conn:
+                sock = conn._transport.get_extra_info("socket")
+                assert _tcp_options(sock.fileno()) == (1, 30, 30_000)
 
     _run(main())
