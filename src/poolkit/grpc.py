@@ -645,7 +645,9 @@ class AsyncChannelPool:
 
     def _return(self, slot: _Slot) -> None:
         slot.in_flight -= 1
-        if slot.retired and slot.in_flight == 0 and not self._p.closed:
+        # a replaced channel closes with its last borrow, even after the pool closed
+        # (close() only closes the channels still in the pool)
+        if slot.retired and slot.in_flight == 0 and self._p.slots[slot.index] is not slot:
             self._close_later(slot)
         for fut in self._waiters:
             if not fut.done():

@@ -208,3 +208,30 @@ def test_async_pool(health_server: HealthServer) -> None:
             assert resp.status == SERVING
 
     asyncio.run(main())
+
+
+def test_async_replaced_channel_in_flight_at_close_is_closed_on_return() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        pool = AsyncChannelPool(
+            f"127.0.0.1:{free_port()}", size=1, failure_threshold=1.0, clock=clock
+        )
+        borrow = pool.channel()
+        old = await borrow.__aenter__()
+        for _ in range(400):
+            if "TRANSIENT_FAILURE" in pool.stats().states:
+                break
+            await asyncio.sleep(0.05)
+        clock.advance(2.0)
+        assert pool.maintain() == 1  # replaced while still borrowed
+        await pool.close()
+        await borrow.__aexit__(None, None, None)
+        for _ in range(100):
+            watchers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not watchers:
+                break
+            await asyncio.sleep(0.01)
+        assert watchers == [], "the replaced channel's watcher outlived the pool"
+        assert old._channel.closed()
+
+    asyncio.run(main())
