@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from .errors import PoolError
 
@@ -213,12 +213,13 @@ EVENT_KINDS: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PoolEvent:
-    """What a listener registered with ``pool.on(kind, callback)`` receives.
+class PoolEvent(NamedTuple):
+    """What a listener registered with ``pool.on(kind, callback)`` receives (immutable).
 
     ``duration_s`` is the creation time (``create``), the wait (``acquire``, ``timeout``) or
     the time held (``release``, ``leak``). ``reason`` says why a resource was destroyed.
+    A named tuple rather than a frozen dataclass: it is built on the hot path whenever a
+    listener is attached, and costs a third as much.
 
     Example::
 
