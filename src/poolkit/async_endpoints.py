@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._endpoint_policy import EndpointPolicy
+from ._events import logger
 from ._types import ResourceInfo
 from .async_keyed import AsyncKeyedFactory, AsyncKeyedPool
 from .async_pool import AsyncLease, AsyncPool
@@ -22,7 +23,6 @@ from .endpoints import (
     _describe,
     _endpoint_stats,
     _user_hooks,
-    logger,
 )
 from .errors import PoolClosed, PoolTimeout, ResourceCreationError
 from .keyed import _Bound
@@ -53,7 +53,7 @@ class AsyncEndpointLease(Generic[R]):
     """
 
     __module__ = "poolkit"
-    __slots__ = ("_ep", "_lease", "_owner", "endpoint", "resource")
+    __slots__ = ("_counted", "_ep", "_lease", "_owner", "endpoint", "resource")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class AsyncEndpointLease(Generic[R]):
         self._owner = owner
         self._ep = ep
         self._lease = lease
+        self._counted = True  # the endpoint counts this lease in use until _end()
         self.endpoint = endpoint
         self.resource = lease.resource
 
@@ -73,15 +74,25 @@ class AsyncEndpointLease(Generic[R]):
         """True once released or discarded."""
         return self._lease.released
 
+    def _end(self) -> None:
+        # once only: a second release raises ReleaseError but must not count the end again
+        if self._counted:
+            self._counted = False
+            self._owner._policy.end(self._ep)
+
     async def release(self) -> None:
         """Give the resource back to its endpoint's pool."""
-        await self._lease.release()
-        self._owner._policy.end(self._ep)
+        try:
+            await self._lease.release()
+        finally:
+            self._end()
 
     async def discard(self) -> None:
         """Destroy the resource instead of returning it."""
-        await self._lease.discard()
-        self._owner._policy.end(self._ep)
+        try:
+            await self._lease.discard()
+        finally:
+            self._end()
 
     async def __aenter__(self) -> R:
         return self.resource
@@ -95,7 +106,7 @@ class AsyncEndpointLease(Generic[R]):
         try:
             await self._lease.__aexit__(exc_type, exc, tb)
         finally:
-            self._owner._policy.end(self._ep)
+            self._end()
 
     def __repr__(self) -> str:
         return f"<poolkit.AsyncEndpointLease {self.endpoint.name!r}>"

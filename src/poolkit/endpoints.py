@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -12,6 +11,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._endpoint_policy import STRATEGIES, EndpointPolicy, EndpointSnapshot, EndpointState, redact
+from ._events import logger
 from ._types import PoolStats, ResourceInfo
 from .errors import PoolClosed, PoolTimeout, ResourceCreationError
 from .keyed import KeyedFactory, KeyedPool, _Bound
@@ -25,8 +25,6 @@ __all__ = [
     "EndpointPoolStats",
     "EndpointStats",
 ]
-
-logger = logging.getLogger("poolkit")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -195,7 +193,7 @@ class EndpointLease(Generic[R]):
     """
 
     __module__ = "poolkit"
-    __slots__ = ("_ep", "_lease", "_owner", "endpoint", "resource")
+    __slots__ = ("_counted", "_ep", "_lease", "_owner", "endpoint", "resource")
 
     def __init__(
         self, owner: EndpointPool[Any, R], ep: int, endpoint: Endpoint[Any], lease: Lease[R]
@@ -203,6 +201,7 @@ class EndpointLease(Generic[R]):
         self._owner = owner
         self._ep = ep
         self._lease = lease
+        self._counted = True  # the endpoint counts this lease in use until _end()
         self.endpoint = endpoint
         self.resource = lease.resource
 
@@ -211,15 +210,25 @@ class EndpointLease(Generic[R]):
         """True once released or discarded."""
         return self._lease.released
 
+    def _end(self) -> None:
+        # once only: a second release raises ReleaseError but must not count the end again
+        if self._counted:
+            self._counted = False
+            self._owner._ended(self._ep)
+
     def release(self) -> None:
         """Give the resource back to its endpoint's pool."""
-        self._lease.release()
-        self._owner._ended(self._ep)
+        try:
+            self._lease.release()
+        finally:
+            self._end()
 
     def discard(self) -> None:
         """Destroy the resource instead of returning it."""
-        self._lease.discard()
-        self._owner._ended(self._ep)
+        try:
+            self._lease.discard()
+        finally:
+            self._end()
 
     def __enter__(self) -> R:
         return self.resource
@@ -233,7 +242,7 @@ class EndpointLease(Generic[R]):
         try:
             self._lease.__exit__(exc_type, exc, tb)
         finally:
-            self._owner._ended(self._ep)
+            self._end()
 
     def __repr__(self) -> str:
         return f"<poolkit.EndpointLease {self.endpoint.name!r}>"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from poolkit import PoolTimeout
+from poolkit import PoolTimeout, ReleaseError
 from poolkit.async_endpoints import AsyncEndpointPool
 from poolkit.endpoints import Endpoint
 
@@ -179,3 +179,21 @@ def test_task_stress_with_flapping_endpoint() -> None:
 
     run(main())
     assert sum(served.values()) == 24 * 60
+
+
+def test_releasing_a_lease_twice_counts_its_end_once() -> None:
+    async def main() -> None:
+        async with make([Server("a")]) as pool:
+            held = await pool.get()
+            lease = await pool.get()
+            with pytest.raises(ReleaseError):
+                async with lease:
+                    await lease.release()  # released early: the exit raises
+            with pytest.raises(ReleaseError):
+                await lease.discard()
+            assert lease.released
+            assert [e.in_use for e in pool.stats().endpoints] == [1]  # `held` is still out
+            await held.release()
+            assert [e.in_use for e in pool.stats().endpoints] == [0]
+
+    run(main())

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from poolkit import PoolClosed, PoolTimeout
+from poolkit import PoolClosed, PoolTimeout, ReleaseError
 from poolkit.endpoints import Endpoint, EndpointPool
 from poolkit.keyed import KeyedFactory
 
@@ -341,3 +341,18 @@ def test_thread_stress_with_flapping_endpoint() -> None:
         s = pool.stats()
         assert s.in_use == 0
         assert all(e.in_use == 0 and e.size <= 4 for e in s.endpoints)
+
+
+def test_releasing_a_lease_twice_counts_its_end_once() -> None:
+    with make([Server("db0")]) as pool:
+        held = pool.get()
+        lease = pool.get()
+        with pytest.raises(ReleaseError):
+            with lease:
+                lease.release()  # released early inside its with block: the exit raises
+        with pytest.raises(ReleaseError):
+            lease.discard()
+        assert lease.released
+        assert [e.in_use for e in pool.stats().endpoints] == [1]  # `held` is still out
+        held.release()
+        assert [e.in_use for e in pool.stats().endpoints] == [0]
