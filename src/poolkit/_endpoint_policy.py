@@ -79,7 +79,6 @@ class _Entry:
         "last_error",
         "level",
         "name",
-        "probing",
         "rejoined_at",
         "removed",
         "state",
@@ -100,7 +99,6 @@ class _Entry:
         self.ejected_until = 0.0
         self.rejoined_at = 0.0
         self.last_error: str | None = None
-        self.probing = False
         self.removed = False
         self.current_weight = 0.0
 
@@ -275,7 +273,6 @@ class EndpointPolicy:
             entry.create_streak = 0
         if entry.state == "probing":
             entry.state = "healthy"
-            entry.probing = False
             entry.create_streak = entry.check_streak = 0
             entry.rejoined_at = now
             entry.current_weight = 0.0
@@ -321,7 +318,6 @@ class EndpointPolicy:
         delay = min(self.max_backoff, self.base_backoff * (2.0**entry.level))
         entry.level += 1
         entry.state = "ejected"
-        entry.probing = False
         entry.ejected_until = now + delay
         if not was_probing:
             entry.ejections += 1
@@ -343,7 +339,6 @@ class EndpointPolicy:
         if entry is None or entry.removed or entry.state != "ejected":
             return False
         entry.state = "probing"
-        entry.probing = True
         self._rebuild()
         return True
 

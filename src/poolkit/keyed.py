@@ -334,8 +334,8 @@ class _SharedBudget:
             nxt.waker.set()
 
     def nudge(self, _event: PoolEvent | None = None) -> None:
-        self.idle_epoch += 1
         """A resource went idle somewhere: let the oldest waiter look for one to close."""
+        self.idle_epoch += 1
         head = self.ledger.head()
         if head is not None and head.waker is not None:
             head.waker.set()
