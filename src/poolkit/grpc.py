@@ -72,6 +72,15 @@ class _Slot:
         self.stubs: dict[type, Any] = {}
         self.watcher: Any = None
 
+    def lend(self, stub_class: Any) -> Any:
+        """The channel, or the stub of ``stub_class`` on it (made once per channel)."""
+        if stub_class is None:
+            return self.channel
+        stub = self.stubs.get(stub_class)
+        if stub is None:
+            stub = self.stubs[stub_class] = stub_class(self.channel)
+        return stub
+
 
 class _Settings:
     def __init__(
@@ -204,13 +213,7 @@ class _Borrow(Generic[S]):
 
     def __enter__(self) -> S:
         slot = self._slot = self._pool._borrow(self._timeout)
-        if self._stub is None:
-            result: Any = slot.channel
-        else:
-            result = slot.stubs.get(self._stub)
-            if result is None:
-                result = slot.stubs[self._stub] = self._stub(slot.channel)
-        return result  # type: ignore[no-any-return]
+        return slot.lend(self._stub)  # type: ignore[no-any-return]
 
     def __exit__(
         self,
@@ -472,13 +475,7 @@ class _AsyncBorrow(Generic[S]):
 
     async def __aenter__(self) -> S:
         slot = self._slot = await self._pool._borrow(self._timeout)
-        if self._stub is None:
-            result: Any = slot.channel
-        else:
-            result = slot.stubs.get(self._stub)
-            if result is None:
-                result = slot.stubs[self._stub] = self._stub(slot.channel)
-        return result  # type: ignore[no-any-return]
+        return slot.lend(self._stub)  # type: ignore[no-any-return]
 
     async def __aexit__(
         self,
