@@ -399,3 +399,21 @@ def test_cancelled_during_check_destroys_the_resource() -> None:
         await pool.close()
 
     run(main)
+
+
+def test_maintenance_task_does_not_keep_a_forgotten_pool_alive() -> None:
+    import weakref
+
+    async def main() -> None:
+        pool = AsyncPool(AsyncThings(), max_size=1)
+        async with pool.acquire():
+            pass
+        maintainer = pool._maintainer
+        assert maintainer is not None and not maintainer.done()
+        ref = weakref.ref(pool)
+        del pool
+        gc.collect()
+        assert ref() is None
+        await asyncio.wait_for(maintainer, 10)  # it notices at its next round and stops
+
+    run(main)

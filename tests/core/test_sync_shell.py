@@ -545,3 +545,16 @@ def test_null_pool_creates_per_borrow_and_destroys_on_return(things: Things) -> 
     with pytest.raises(ValueError, match="min_size cannot be set"):
         NullPool(things.create, min_size=2)
     pool.close()
+
+
+def test_background_maintenance_does_not_keep_a_forgotten_pool_alive(things: Things) -> None:
+    import weakref
+
+    pool = make_pool(things, min_size=1)
+    pool.open()  # registers with the shared maintenance thread
+    with pool.acquire():
+        pass
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None  # the scheduler holds pools weakly: a dropped pool can go
