@@ -217,3 +217,24 @@ def test_async_pool_and_closed_pools(caplog) -> None:
     lines = _messages(caplog)
     assert len(lines) == 1
     assert lines[0].startswith("pool 'aio': size=1/2 idle=0 in_use=1 waiting=0")
+
+
+def test_a_pool_whose_stats_fail_does_not_silence_the_others(caplog, make_pool: MakePool):
+    class BrokenStats:
+        name = "broken"
+
+        def stats(self) -> poolkit.PoolStats:
+            raise RuntimeError("stats exploded")
+
+        def on(self, kind: str, callback: Callable[[poolkit.PoolEvent], object]):
+            return lambda: None
+
+    monitor = PoolMonitor(BrokenStats(), make_pool(name="fine"), interval=10.0)
+    monitor.tick(0.0)
+    summaries = _messages(caplog, logging.INFO)
+    assert len(summaries) == 1 and summaries[0].startswith("pool 'fine': size=0/10")
+    errors = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "'broken'" in errors[0].getMessage()
+    assert "stats exploded" in str(errors[0].exc_info[1])
+    monitor.close()

@@ -176,7 +176,7 @@ class PoolMonitor:
         while True:
             try:
                 self.tick(self._clock())
-            except Exception:
+            except Exception:  # never let the thread die
                 self._log.exception("poolkit monitor: a check failed")
             if self._stop.wait(self.check_interval):
                 return
@@ -192,7 +192,10 @@ class PoolMonitor:
         for watch in watches:
             if getattr(watch.pool, "closed", False):
                 continue
-            self._check(watch, now)
+            try:
+                self._check(watch, now)
+            except Exception:  # one broken pool must not keep the others unwatched
+                self._log.exception("poolkit monitor: checking pool %r failed", watch.pool.name)
 
     def _warn(self, watch: _Watch, key: str, now: float, msg: str, *args: object) -> bool:
         last = watch.warned_at.get(key)
