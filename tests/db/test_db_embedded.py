@@ -105,6 +105,19 @@ def test_generic_factory_scrubs_password_from_connect_errors() -> None:
         db.close()
 
 
+def test_generic_factory_scrubs_every_password_like_kwarg() -> None:
+    def connect(**kwargs: object) -> object:
+        raise ConnectionRefusedError(f"cannot open the key ({kwargs['sslpassword']!r})")
+
+    db = DBPool(connect=connect, kwargs={"sslpassword": "Key-Pass-4e1d"}, acquire_timeout=0.5)
+    try:
+        with pytest.raises(PoolTimeout) as info, db.connection():
+            pass
+        assert "Key-Pass-4e1d" not in repr(info.value) + str(info.value.__cause__)
+    finally:
+        db.close()
+
+
 def test_sqlite_many_threads_write_one_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}?journal_mode=wal&timeout=30"
     with DBPool.from_url(url, max_size=4) as db:

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._types import AsyncFactory, Factory, ResourceInfo, default_is_broken
 from ._common import BrokenConnectionError, call_reset, validate_reset
-from ._url import redact, scrub_exception
+from ._url import redact, scrub_exception, secret_values
 
 __all__ = ["AsyncDBFactory", "DBAPIFactory", "DBFactory"]
 
@@ -168,11 +168,7 @@ class DBAPIFactory(DBFactory):
         self._connect = connect
         self._args = tuple(args)
         self._kwargs = dict(kwargs or {})
-        secrets = [
-            str(v)
-            for k, v in self._kwargs.items()
-            if k.lower() in ("password", "passwd", "pwd") and v is not None
-        ]
+        secrets = secret_values(self._kwargs)
         name = getattr(connect, "__qualname__", None) or type(connect).__name__
         module = getattr(connect, "__module__", None) or ""
         self._setup(

@@ -10,7 +10,7 @@ from .._types import ResourceInfo, default_is_broken
 from ..errors import PoolError
 from ._common import DEAD, QUIET, BrokenConnectionError, import_driver, set_keepalive, socket_state
 from ._dbapi import AsyncDBFactory, DBFactory
-from ._url import DatabaseURL
+from ._url import DatabaseURL, secret_values
 
 __all__ = ["AIOMySQLFactory", "PyMySQLFactory", "mysql_connect_kwargs"]
 
@@ -70,7 +70,7 @@ class _MySQLCommon:
         kwargs["autocommit"] = autocommit
         self._kwargs = kwargs
         self._autocommit = autocommit
-        secrets = [str(kwargs[k]) for k in ("password", "passwd") if kwargs.get(k)]
+        secrets = secret_values(kwargs)
         user = kwargs.get("user", "")
         host = kwargs.get("host", "localhost")
         port = kwargs.get("port", 3306)

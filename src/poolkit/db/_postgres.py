@@ -12,7 +12,7 @@ from .._types import ResourceInfo, default_is_broken
 from ..errors import PoolError
 from ._common import DEAD, QUIET, BrokenConnectionError, import_driver, set_keepalive, socket_state
 from ._dbapi import AsyncDBFactory, DBFactory
-from ._url import DatabaseURL
+from ._url import DatabaseURL, secret_values
 
 __all__ = ["AsyncPsycopgFactory", "AsyncpgFactory", "PsycopgFactory", "pg_connect_kwargs"]
 
@@ -185,7 +185,7 @@ class _PsycopgCommon:
             errors.ConnectionException,
             psycopg.InterfaceError,
         )
-        secrets = [str(kwargs["password"])] if kwargs.get("password") else []
+        secrets = secret_values(kwargs)
         user = kwargs.get("user", "")
         host = kwargs.get("host", "")
         port = kwargs.get("port", "")
@@ -549,7 +549,7 @@ class AsyncpgFactory(AsyncDBFactory):
             asyncio.CancelledError,
             asyncio.TimeoutError,
         )
-        secrets = [str(kwargs["password"])] if kwargs.get("password") else []
+        secrets = secret_values(kwargs)
         if dsn:
             from ._url import parse_url
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-__all__ = ["DatabaseURL", "parse_url", "redact", "scrub_exception"]
+__all__ = ["DatabaseURL", "parse_url", "redact", "scrub_exception", "secret_values"]
 
 #: URL scheme -> (backend, sync driver, async driver); ``None`` = not available in that mode.
 SCHEMES: dict[str, tuple[str, str | None, str | None]] = {
@@ -65,6 +65,11 @@ _KINDS: dict[Any, str] = {
 }
 
 _SECRET_KEYS = ("password", "passwd", "pwd", "secret", "token", "sslpassword")
+
+
+def secret_values(options: Mapping[str, Any]) -> list[str]:
+    """The values of password-like keys (``password``, ``passwd``, ``sslpassword``...)."""
+    return [str(v) for k, v in options.items() if k.lower() in _SECRET_KEYS and v]
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,7 @@ class DatabaseURL:
     def secrets(self) -> tuple[str, ...]:
         """Every secret value this URL carries (to scrub from error messages)."""
         found = [self.password] if self.password else []
-        found += [v for k, v in self.query.items() if k.lower() in _SECRET_KEYS and v]
-        return tuple(found)
+        return (*found, *secret_values(self.query))
 
 
 def parse_url(url: str) -> DatabaseURL:
