@@ -104,3 +104,26 @@ def test_module_register_shares_instruments_per_provider(reader, provider, make_
     assert first is second
     names = {p.attributes[POOL_NAME] for p in _points(reader)["db.client.connection.max"]}
     assert names == {"one", "two"}
+
+
+def test_a_pool_whose_stats_fail_does_not_hide_the_others(
+    reader, provider, make_pool: MakePool, caplog
+) -> None:
+    class BrokenStats:
+        name = "broken"
+
+        def stats(self) -> poolkit.PoolStats:
+            raise RuntimeError("stats exploded")
+
+        def on(self, kind: str, callback: Callable[[poolkit.PoolEvent], object]):
+            return lambda: None
+
+    instruments = PoolInstruments(provider)
+    instruments.register(BrokenStats())
+    instruments.register(make_pool(max_size=3, name="fine"))
+    points = _points(reader)
+    assert _one(points["db.client.connection.max"], **{POOL_NAME: "fine"}).value == 3
+    assert not [
+        p for p in points["db.client.connection.max"] if p.attributes[POOL_NAME] == "broken"
+    ]
+    assert "'broken'" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -17,6 +18,8 @@ __all__ = ["POOL_NAME", "PoolInstruments", "register", "unregister"]
 #: The attribute naming the pool on every instrument.
 POOL_NAME = "db.client.connection.pool.name"
 _STATE = "db.client.connection.state"
+
+_log = logging.getLogger("poolkit.metrics")
 
 
 class _Entry:
@@ -158,7 +161,13 @@ class PoolInstruments:
     def _snapshot(self) -> list[tuple[dict[str, str], Any]]:
         with self._lock:
             entries = list(self._entries.values())
-        return [(e.attrs, e.pool.stats()) for e in entries]
+        out: list[tuple[dict[str, str], Any]] = []
+        for entry in entries:
+            try:
+                out.append((entry.attrs, entry.pool.stats()))
+            except Exception:  # one broken pool must not fail the callback for every pool
+                _log.exception("poolkit: reading the stats of pool %r failed", entry.pool.name)
+        return out
 
     def _observe_count(self, _options: CallbackOptions) -> Iterable[Observation]:
         out: list[Observation] = []
