@@ -165,19 +165,18 @@ class DatabaseTarget(Target):
 
     def probe(self) -> None:
         factory = self.factory()
-        secrets = self.url.secrets()
         try:
             try:
                 conn = factory.create()
             except Exception as exc:
                 raise CLIError(
-                    f"cannot connect to {self.label}: {_one_line(exc, secrets)}"
+                    f"cannot connect to {self.label}: {self.describe_error(exc)}"
                 ) from None
             try:
                 self.request(conn)
             except Exception as exc:
                 raise CLIError(
-                    f"a request to {self.label} failed: {_one_line(exc, secrets)}"
+                    f"a request to {self.label} failed: {self.describe_error(exc)}"
                 ) from None
             finally:
                 with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -297,7 +297,7 @@ def recommend(results: Sequence[RunResult], concurrency: int) -> Recommendation 
         unpooled_p99_ms=unpooled.p99_ms if unpooled else None,
     )
     smallest = min(r.pool_size or 0 for r in pooled)
-    return Recommendation(**{**asdict(rec), "explanation": _explain(rec, smallest)})
+    return replace(rec, explanation=_explain(rec, smallest))
 
 
 def _explain(rec: Recommendation, smallest_size: int) -> str:
