@@ -397,6 +397,20 @@ async def _close(conn: _Conn) -> None:
             t.abort()
 
 
+async def _give_back(
+    lease: Any, conn: _Conn, timer: asyncio.TimerHandle | None, reuse: bool
+) -> None:
+    """End a borrow: stop the request timer, then return the connection or close it."""
+    if timer is not None:
+        timer.cancel()
+    conn.busy = False
+    if reuse and conn.finish_cycle():
+        await lease.release()
+    else:
+        conn.close()
+        await lease.discard()
+
+
 class AsyncStreamResponse:
     """A response whose body is read on demand; the connection returns at the end.
 
@@ -456,17 +470,8 @@ class AsyncStreamResponse:
 
     async def _finish(self, reuse: bool) -> None:
         lease, self._lease = self._lease, None
-        if lease is None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        conn = self._conn
-        conn.busy = False
-        if reuse and conn.finish_cycle():
-            await lease.release()
-        else:
-            conn.close()
-            await lease.discard()
+        if lease is not None:
+            await _give_back(lease, self._conn, self._timer, reuse)
 
     async def __aenter__(self) -> AsyncStreamResponse:
         return self
@@ -693,20 +698,9 @@ class AsyncHTTPPool:
                     break
                 parts.append(chunk)
         except BaseException:
-            if timer is not None:
-                timer.cancel()
-            conn.busy = False
-            conn.close()
-            await lease.discard()
+            await _give_back(lease, conn, timer, reuse=False)
             raise
-        if timer is not None:
-            timer.cancel()
-        conn.busy = False
-        if conn.finish_cycle():
-            await lease.release()
-        else:
-            conn.close()
-            await lease.discard()
+        await _give_back(lease, conn, timer, reuse=True)
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         return Response(head[0], Headers(head[2]), data, head[1])
 
