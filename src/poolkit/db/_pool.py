@@ -109,6 +109,20 @@ def async_factory_from_url(
     raise ValueError(f"no asyncio driver for {parsed.scheme}://")  # pragma: no cover
 
 
+def _run(conn: Any, sql: str, params: Any) -> Any:
+    """A new cursor on ``conn`` that ran ``sql`` (closed again if that raised)."""
+    cur = conn.cursor()
+    try:
+        if params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, params)
+    except BaseException:
+        cur.close()
+        raise
+    return cur
+
+
 def _peek_window(peek_after_idle: float | None, factory: Any) -> float | None:
     """The core's ``check_after_idle``: when to run the factory's ``check`` on borrow."""
     ping: float | None = factory.ping_after_idle
@@ -213,12 +227,8 @@ class DBPool:
     def execute(self, sql: str, params: Any = None) -> int:
         """Run one statement in its own transaction; return the affected row count."""
         with self.pool.acquire() as conn:
-            cur = conn.cursor()
+            cur = _run(conn, sql, params)
             try:
-                if params is None:
-                    cur.execute(sql)
-                else:
-                    cur.execute(sql, params)
                 count = cur.rowcount
             finally:
                 cur.close()
@@ -228,12 +238,8 @@ class DBPool:
     def fetchall(self, sql: str, params: Any = None) -> list[Any]:
         """Run a query and return all its rows."""
         with self.pool.acquire() as conn:
-            cur = conn.cursor()
+            cur = _run(conn, sql, params)
             try:
-                if params is None:
-                    cur.execute(sql)
-                else:
-                    cur.execute(sql, params)
                 return list(cur.fetchall())
             finally:
                 cur.close()
@@ -241,12 +247,8 @@ class DBPool:
     def fetchone(self, sql: str, params: Any = None) -> Any:
         """Run a query and return its first row (or ``None``)."""
         with self.pool.acquire() as conn:
-            cur = conn.cursor()
+            cur = _run(conn, sql, params)
             try:
-                if params is None:
-                    cur.execute(sql)
-                else:
-                    cur.execute(sql, params)
                 return cur.fetchone()
             finally:
                 cur.close()
