@@ -369,12 +369,12 @@ class ChannelPool:
                 to_close = self._replace_stuck(now)
             slot = p.pick()
             if slot is None:
-                slot = self._wait(timeout, now)
+                slot = self._wait(timeout)
         for old in to_close:
             self._close_later(old)
         return slot
 
-    def _wait(self, timeout: float | None, start: float) -> _Slot:
+    def _wait(self, timeout: float | None) -> _Slot:
         p = self._p
         if timeout is None:
             timeout = self._s.acquire_timeout
