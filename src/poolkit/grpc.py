@@ -404,7 +404,8 @@ class ChannelPool:
     def _return(self, slot: _Slot) -> None:
         with self._lock:
             slot.in_flight -= 1
-            close = slot.retired and slot.in_flight == 0
+            # a replaced channel closes with its last borrow; close() did the pool's own
+            close = slot.retired and slot.in_flight == 0 and self._p.slots[slot.index] is not slot
             if self._waiting:
                 self._cond.notify()
         if close:
