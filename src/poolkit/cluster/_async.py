@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from types import TracebackType
 
@@ -19,16 +18,14 @@ from poolkit.cluster._common import (
     POLL_CAP_S,
     POLL_START_S,
     BudgetExhausted,
-    BudgetInfo,
+    BudgetState,
     BudgetToken,
-    BudgetUnavailable,
     Config,
     Grant,
     Refusal,
-    acquire_args,
     decode_holders,
+    log,
     make_config,
-    new_proc_id,
     parse_acquire,
     parse_renew,
     release_args,
@@ -37,15 +34,13 @@ from poolkit.cluster._common import (
 from poolkit.cluster._sync import REDIS_DOWN
 from poolkit.errors import PoolClosed
 
-log = logging.getLogger("poolkit.cluster")
-
 try:  # redis-py >= 5 has a separate asyncio Retry class
     from redis.asyncio.retry import Retry as _AsyncRetry
 except ImportError:  # pragma: no cover - older redis-py
     _AsyncRetry = SyncRetry  # type: ignore[assignment,misc]
 
 
-class AsyncRedisBudget:
+class AsyncRedisBudget(BudgetState):
     """The asyncio twin of :class:`~poolkit.cluster.RedisBudget` (same keys, same scripts:
     sync and async processes can share one budget).
 
@@ -114,39 +109,10 @@ class AsyncRedisBudget:
         self._renew_script = self._redis.register_script(_scripts.RENEW)
         self._release_script = self._redis.register_script(_scripts.RELEASE)
         self._closed = False
-        self._proc = new_proc_id()
-        self._acquire_argv = acquire_args(self._cfg, self._proc)
-        self._held: dict[str, BudgetToken] = {}
+        self._lock = contextlib.nullcontext()  # one event loop: _held needs no lock
         self._freed = asyncio.Event()
-        self._local_seq = 0
         self._task: asyncio.Task[None] | None = None
-        self._reachable = True
-        self._last_error: str | None = None
-        self._epoch: int | None = None
-        self._server_count: int | None = None
-        self._restarts = 0
-        self._grants = 0
-        self._local_grants = 0
-        self._refusals = 0
-        self._renewals = 0
-        self._renew_failures = 0
-        self._readded = 0
-        self._over_limit = False
-
-    @property
-    def name(self) -> str:
-        """The budget's name (shared by every process using it)."""
-        return self._cfg.name
-
-    @property
-    def limit(self) -> int:
-        """The most leases the whole fleet may hold."""
-        return self._cfg.limit
-
-    @property
-    def process_id(self) -> str:
-        """This holder's identity in Redis (``host:pid:random``)."""
-        return self._proc
+        self._reset_state()
 
     async def acquire(self, timeout: float | None = None) -> BudgetToken:
         """Take one lease, waiting up to ``timeout`` seconds (``None``: no limit).
@@ -212,34 +178,6 @@ class AsyncRedisBudget:
             return
         await self._remove_on_server([token.member])
 
-    def status(self) -> str:
-        """``"ok"`` (Redis reachable), ``"degraded"`` (unreachable, growing up to the local
-        ``fallback_limit``) or ``"unavailable"`` (unreachable, growing refused)."""
-        if self._reachable:
-            return "ok"
-        return "degraded" if self._cfg.mode == "degraded" else "unavailable"
-
-    def info(self) -> BudgetInfo:
-        """A snapshot of this budget object's state and counters."""
-        return BudgetInfo(
-            name=self._cfg.name,
-            limit=self._cfg.limit,
-            mode=self._cfg.mode,
-            status=self.status(),
-            held=len(self._held),
-            local_held=sum(1 for t in self._held.values() if t.fence is None),
-            server_count=self._server_count,
-            epoch=self._epoch,
-            restarts_detected=self._restarts,
-            grants_total=self._grants,
-            local_grants_total=self._local_grants,
-            refusals_total=self._refusals,
-            renewals_total=self._renewals,
-            renew_failures_total=self._renew_failures,
-            readded_total=self._readded,
-            last_error=self._last_error,
-        )
-
     async def holders(self) -> dict[str, int]:
         """Leases per process as Redis sees them now (one HGETALL; raises Redis errors)."""
         raw = await self._redis.hgetall(self._keys[1])
@@ -262,36 +200,9 @@ class AsyncRedisBudget:
             log.error("budget %r: renew failed: %s", self._cfg.name, e)
             return
         self._mark_up()
-        r = parse_renew(reply)
-        self._renewals += 1
-        self._server_count = r.count
-        if self._epoch is not None and r.epoch != self._epoch:
-            self._restarts += 1
-            log.warning(
-                "budget %r: Redis lost the budget's data (epoch %s -> %s); re-registered %d "
-                "leases; new grants pause for %.3f s",
-                self._cfg.name,
-                self._epoch,
-                r.epoch,
-                len(r.missing),
-                max(0, r.quiet_until_ms - r.now_ms) / 1000,
-            )
-        self._epoch = r.epoch
-        if r.missing:
-            self._readded += len(r.missing)
-            gone = [m for m in r.missing if m not in self._held]
-            if gone:
-                await self._remove_on_server(gone)
-        over = r.count > self._cfg.limit
-        if over and not self._over_limit:  # once per episode, not every interval
-            log.warning(
-                "budget %r: over the limit (%d/%d leases) after re-registration; no new "
-                "leases until enough are released",
-                self._cfg.name,
-                r.count,
-                self._cfg.limit,
-            )
-        self._over_limit = over
+        gone = self._renewed(parse_renew(reply))
+        if gone:  # released while the renewal was in flight: remove them again
+            await self._remove_on_server(gone)
 
     async def close(self) -> None:
         """Stop the renewal task, give back every lease still held, close the Redis client
@@ -323,60 +234,14 @@ class AsyncRedisBudget:
     ) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        return (
-            f"<AsyncRedisBudget {self._cfg.name!r} limit={self._cfg.limit} "
-            f"held={len(self._held)} status={self.status()!r}>"
-        )
-
     # -- internals -----------------------------------------------------------------------
-    def _granted(self, g: Grant) -> BudgetToken:
-        token = BudgetToken(self._cfg.name, f"{self._proc}#{g.fence}", g.fence, g.epoch)
-        self._held[token.member] = token
-        self._grants += 1
-        self._server_count = g.count
-        if self._epoch is None:
-            self._epoch = g.epoch
-        return token
-
-    def _local_grant(self, error: BaseException) -> BudgetToken:
-        cfg = self._cfg
-        if cfg.mode == "strict":
-            self._refusals += 1
-            raise BudgetUnavailable(
-                cfg.name, "strict", error, "refuses new leases; existing resources keep serving"
-            ) from error
-        if len(self._held) >= cfg.fallback_limit:
-            self._refusals += 1
-            raise BudgetUnavailable(
-                cfg.name,
-                "degraded",
-                error,
-                f"and this process already holds {len(self._held)} leases "
-                f"(fallback_limit={cfg.fallback_limit})",
-            ) from error
-        self._local_seq += 1
-        token = BudgetToken(cfg.name, f"{self._proc}#L{self._local_seq}", None, None)
-        self._held[token.member] = token
-        self._local_grants += 1
-        return token
-
     async def _exhausted(self, r: Refusal, waited: float) -> BudgetExhausted:
-        self._refusals += 1
         holders: dict[str, int] | None = None
         try:
             holders = await self.holders()
         except (redis.RedisError, OSError):
             holders = None
-        return BudgetExhausted(
-            self._cfg.name,
-            self._cfg.limit,
-            r.reason,
-            count=r.count,
-            mine=r.mine,
-            waited_s=waited,
-            holders=holders,
-        )
+        return self._refused(r, waited, holders)
 
     async def _block_for_wake(self, seconds: float) -> None:
         try:
@@ -403,27 +268,6 @@ class AsyncRedisBudget:
             log.error("budget %r: release failed: %s", self._cfg.name, e)
         else:
             self._mark_up()
-
-    def _mark_down(self, error: BaseException, during: str) -> None:
-        self._last_error = f"{type(error).__name__}: {error}"
-        if self._reachable:
-            self._reachable = False
-            log.warning(
-                "budget %r: Redis unreachable during %s (%s); mode=%r: existing resources keep "
-                "serving, %s",
-                self._cfg.name,
-                during,
-                self._last_error,
-                self._cfg.mode,
-                "growing is refused"
-                if self._cfg.mode == "strict"
-                else f"growing is allowed up to fallback_limit={self._cfg.fallback_limit}",
-            )
-
-    def _mark_up(self) -> None:
-        if not self._reachable:
-            self._reachable = True
-            log.info("budget %r: Redis reachable again", self._cfg.name)
 
     def _ensure_renewer(self) -> None:
         if self._task is None or self._task.done():

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from poolkit.errors import PoolError
+
+log = logging.getLogger("poolkit.cluster")
 
 Mode = Literal["strict", "degraded"]
 
@@ -347,3 +351,188 @@ def release_args(cfg: Config, proc: str, members: Sequence[str]) -> list[str | i
 def decode_holders(raw: Mapping[bytes | str, bytes | str]) -> dict[str, int]:
     """HGETALL of the counts hash -> {proc: leases}."""
     return {_str(k): _int(v) for k, v in raw.items()}
+
+
+class BudgetState:
+    """The I/O-free half of ``RedisBudget`` and ``AsyncRedisBudget``: this holder's identity,
+    its leases, its counters and status, and what to make of the scripts' replies.
+
+    The shells do the Redis calls. ``_lock`` guards ``_held``: a ``threading.Lock`` in the
+    thread shell, a no-op context in the asyncio one (one event loop).
+    """
+
+    _cfg: Config
+    _lock: contextlib.AbstractContextManager[Any]
+
+    def _reset_state(self) -> None:
+        """A new holder: fresh identity, no leases, zeroed counters (at start, after fork)."""
+        self._proc = new_proc_id()
+        self._acquire_argv = acquire_args(self._cfg, self._proc)
+        self._held: dict[str, BudgetToken] = {}
+        self._local_seq = 0
+        self._reachable = True
+        self._last_error: str | None = None
+        self._epoch: int | None = None
+        self._server_count: int | None = None
+        self._restarts = 0
+        self._grants = 0
+        self._local_grants = 0
+        self._refusals = 0
+        self._renewals = 0
+        self._renew_failures = 0
+        self._readded = 0
+        self._over_limit = False
+
+    @property
+    def name(self) -> str:
+        """The budget's name (shared by every process using it)."""
+        return self._cfg.name
+
+    @property
+    def limit(self) -> int:
+        """The most leases the whole fleet may hold."""
+        return self._cfg.limit
+
+    @property
+    def process_id(self) -> str:
+        """This holder's identity in Redis (``host:pid:random``)."""
+        return self._proc
+
+    def status(self) -> str:
+        """``"ok"`` (Redis reachable), ``"degraded"`` (unreachable, growing up to the local
+        ``fallback_limit``) or ``"unavailable"`` (unreachable, growing refused)."""
+        if self._reachable:
+            return "ok"
+        return "degraded" if self._cfg.mode == "degraded" else "unavailable"
+
+    def info(self) -> BudgetInfo:
+        """A snapshot of this budget object's state and counters."""
+        with self._lock:
+            held = len(self._held)
+            local = sum(1 for t in self._held.values() if t.fence is None)
+        return BudgetInfo(
+            name=self._cfg.name,
+            limit=self._cfg.limit,
+            mode=self._cfg.mode,
+            status=self.status(),
+            held=held,
+            local_held=local,
+            server_count=self._server_count,
+            epoch=self._epoch,
+            restarts_detected=self._restarts,
+            grants_total=self._grants,
+            local_grants_total=self._local_grants,
+            refusals_total=self._refusals,
+            renewals_total=self._renewals,
+            renew_failures_total=self._renew_failures,
+            readded_total=self._readded,
+            last_error=self._last_error,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._cfg.name!r} limit={self._cfg.limit} "
+            f"held={len(self._held)} status={self.status()!r}>"
+        )
+
+    def _granted(self, g: Grant) -> BudgetToken:
+        token = BudgetToken(self._cfg.name, f"{self._proc}#{g.fence}", g.fence, g.epoch)
+        with self._lock:
+            self._held[token.member] = token
+            self._grants += 1
+        self._server_count = g.count
+        if self._epoch is None:
+            self._epoch = g.epoch
+        return token
+
+    def _local_grant(self, error: BaseException) -> BudgetToken:
+        """Redis is unreachable: a local lease (``mode="degraded"``) or ``BudgetUnavailable``."""
+        cfg = self._cfg
+        if cfg.mode == "strict":
+            self._refusals += 1
+            raise BudgetUnavailable(
+                cfg.name, "strict", error, "refuses new leases; existing resources keep serving"
+            ) from error
+        with self._lock:
+            if len(self._held) >= cfg.fallback_limit:
+                self._refusals += 1
+                raise BudgetUnavailable(
+                    cfg.name,
+                    "degraded",
+                    error,
+                    f"and this process already holds {len(self._held)} leases "
+                    f"(fallback_limit={cfg.fallback_limit})",
+                ) from error
+            self._local_seq += 1
+            token = BudgetToken(cfg.name, f"{self._proc}#L{self._local_seq}", None, None)
+            self._held[token.member] = token
+            self._local_grants += 1
+        return token
+
+    def _refused(
+        self, r: Refusal, waited: float, holders: dict[str, int] | None
+    ) -> BudgetExhausted:
+        self._refusals += 1
+        return BudgetExhausted(
+            self._cfg.name,
+            self._cfg.limit,
+            r.reason,
+            count=r.count,
+            mine=r.mine,
+            waited_s=waited,
+            holders=holders,
+        )
+
+    def _renewed(self, r: Renewal) -> list[str]:
+        """Take in a renewal; returns the re-added members released meanwhile (to remove)."""
+        self._renewals += 1
+        self._server_count = r.count
+        if self._epoch is not None and r.epoch != self._epoch:
+            self._restarts += 1
+            log.warning(
+                "budget %r: Redis lost the budget's data (epoch %s -> %s); re-registered %d "
+                "leases; new grants pause for %.3f s",
+                self._cfg.name,
+                self._epoch,
+                r.epoch,
+                len(r.missing),
+                max(0, r.quiet_until_ms - r.now_ms) / 1000,
+            )
+        self._epoch = r.epoch
+        gone: list[str] = []
+        if r.missing:
+            self._readded += len(r.missing)
+            with self._lock:
+                gone = [m for m in r.missing if m not in self._held]
+        over = r.count > self._cfg.limit
+        if over and not self._over_limit:  # once per episode, not every interval
+            log.warning(
+                "budget %r: over the limit (%d/%d leases) after re-registration; no new "
+                "leases until enough are released",
+                self._cfg.name,
+                r.count,
+                self._cfg.limit,
+            )
+        self._over_limit = over
+        return gone
+
+    def _mark_down(self, error: BaseException, during: str) -> None:
+        self._last_error = f"{type(error).__name__}: {error}"
+        if self._reachable:
+            self._reachable = False
+            log.warning(
+                "budget %r: Redis unreachable during %s (%s); mode=%r: existing resources keep "
+                "serving, %s",
+                self._cfg.name,
+                during,
+                self._last_error,
+                self._cfg.mode,
+                "growing is refused"
+                if self._cfg.mode == "strict"
+                else f"growing is allowed up to fallback_limit={self._cfg.fallback_limit}",
+            )
+
+    def _mark_up(self) -> None:
+        if not self._reachable:
+            self._reachable = True
+            log.info("budget %r: Redis reachable again", self._cfg.name)
