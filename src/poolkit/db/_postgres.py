@@ -32,6 +32,8 @@ PG_DEFAULTS: dict[str, Any] = {
     "tcp_user_timeout": 30_000,
 }
 
+#: the PG_DEFAULTS that only mean something on TCP (dropped for a Unix-socket host)
+_TCP_OPTIONS = tuple(key for key in PG_DEFAULTS if key != "connect_timeout")
 _DISCARD = "DISCARD ALL"
 
 
@@ -166,11 +168,9 @@ class _PsycopgCommon:
             parsed = dict(conninfo)
         parsed.update(connect_kwargs)
         kwargs = {**PG_DEFAULTS, **parsed}
-        if kwargs.get("host", "").startswith("/"):
-            for key in ("keepalives", "keepalives_idle", "keepalives_interval"):
+        if kwargs.get("host", "").startswith("/"):  # a Unix socket: no TCP options
+            for key in _TCP_OPTIONS:
                 kwargs.pop(key, None)
-            kwargs.pop("keepalives_count", None)
-            kwargs.pop("tcp_user_timeout", None)
         _statement_timeout_option(kwargs, statement_timeout)
         self._kwargs = kwargs
         self._autocommit = bool(autocommit)
