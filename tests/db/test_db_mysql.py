@@ -131,3 +131,24 @@ def test_aiomysql_basics_and_cancellation() -> None:
                 assert not conn.server_status & 1 and not conn.get_autocommit()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_discard_keeps_connect_time_sql_mode_and_init_command() -> None:
+    options = {"sql_mode": "ANSI_QUOTES", "init_command": "SET @poolkit_init = 7"}
+    with DBPool.from_url(MYSQL_URL, max_size=1, reset="discard", connect_kwargs=options) as db:
+        for _ in range(2):
+            with db.connection() as conn:
+                assert "ANSI_QUOTES" in _q(conn, "SELECT @@SESSION.sql_mode")[0][0]
+                assert _q(conn, "SELECT @poolkit_init")[0][0] == 7
+
+    async def main() -> None:
+        async with AsyncDBPool.from_url(
+            MYSQL_URL, max_size=1, reset="discard", connect_kwargs=options
+        ) as adb:
+            for _ in range(2):
+                async with adb.connection() as conn, conn.cursor() as cur:
+                    await cur.execute("SELECT @@SESSION.sql_mode, @poolkit_init")
+                    mode, init = await cur.fetchone()
+                    assert "ANSI_QUOTES" in mode and init == 7
+
+    asyncio.run(asyncio.wait_for(main(), 30))

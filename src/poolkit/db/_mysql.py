@@ -96,8 +96,9 @@ class PyMySQLFactory(_MySQLCommon, DBFactory):
     flags (kept by PyMySQL from every reply) say a transaction is open, and restores
     autocommit; it leaves user variables, session variables, temp tables, prepared
     statements and named locks behind. ``"discard"`` sends ``COM_RESET_CONNECTION``
-    (MySQL 5.7.3+, MariaDB 10.2.4+), which clears all of that, then restores charset and
-    autocommit; on a server without it the connection is destroyed and replaced instead.
+    (MySQL 5.7.3+, MariaDB 10.2.4+), which clears all of that, then restores the connect
+    arguments' charset, ``sql_mode`` and ``init_command``, and autocommit; on a server
+    without it the connection is destroyed and replaced instead.
     Dead-connection errors (2006, 2013, 2055, ...) destroy the connection; SQL errors do not.
 
     Example::
@@ -290,6 +291,11 @@ class AIOMySQLFactory(_MySQLCommon, AsyncDBFactory):
             await resource._execute_command(_COM_RESET_CONNECTION, b"")
             await resource._read_ok_packet()
             await resource.set_charset(resource.charset)
+            if resource.sql_mode is not None:
+                await resource.query(f"SET sql_mode={resource.escape(resource.sql_mode)}")
+            if resource.init_command is not None:
+                await resource.query(resource.init_command)
+                await resource.commit()
         elif callable(mode):
             result = mode(resource)
             if asyncio.iscoroutine(result):
