@@ -246,7 +246,14 @@ class PsycopgFactory(_PsycopgCommon, DBFactory):
     Liveness: every borrow peeks at the socket (one ``poll()``, no round trip); a
     connection idle for ``check_after_idle`` seconds, or with unread bytes, is pinged
     with an empty query bounded by ``ping_timeout``. libpq gets ``connect_timeout=10``,
-    TCP keepalive and ``tcp_user_timeout=30000`` unless you pass your own.
+    TCP keepalive and ``tcp_user_timeout=30000`` unless you pass your own. They end a
+    query on a dead network path (data unacknowledged for 30 s; or, for a query already
+    sent, keepalive probes after 30 s idle), not one behind a live middlebox that keeps
+    acknowledging but forwards nothing: psycopg's sync API has no client-side query
+    timeout, so such a query waits until the peer closes the connection.
+
+    ``configure(conn)`` runs once on each new connection and what it does is committed;
+    ``"discard"`` undoes its session settings (``SET ...``) at the first return.
 
     Example::
 
