@@ -142,3 +142,13 @@ def test_targets_from_urls_hide_passwords() -> None:
         parse_target("redis://127.0.0.1:6379")
     with pytest.raises(CLIError, match="asyncio-only"):
         parse_target("postgresql+asyncpg://postgres@127.0.0.1/test")
+
+
+@pytest.mark.parametrize(
+    "text", ["app:s3cret@db.internal/shop", "postgresql:/app:s3cret@db.internal/shop"]
+)
+def test_a_url_without_scheme_separator_never_shows_its_password(text: str) -> None:
+    with pytest.raises(CLIError) as info:
+        parse_target(text)
+    assert "s3cret" not in str(info.value)
+    assert ":***@db.internal" in str(info.value)

@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import os
 import random
+import re
 import shutil
 import sqlite3
 import ssl
@@ -35,8 +36,15 @@ __all__ = [
 DB_SCHEMES = ("sqlite", "sqlite3", "duckdb", "postgresql", "postgres", "mysql", "mariadb")
 
 
+# ``user:password@`` in text that is not a well-formed URL (``postgresql:/u:pw@h``, ``u:pw@h``).
+_LOOSE_USERINFO = re.compile(r":[^@\s]*@")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
+    """``url`` with any password replaced by ``***``; in text that is not a ``scheme://`` URL,
+    everything between a ``:`` and an ``@`` is masked."""
+    if "://" not in url:
+        return _LOOSE_USERINFO.sub(":***@", url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -321,7 +329,7 @@ def parse_target(text: str, *, sql: str | None = None) -> Target:
     """Build the target named by ``text`` (a database or http(s) URL); CLIError if bad."""
     if "://" not in text:
         raise CLIError(
-            f"unsupported target {text!r}: expected a database URL (sqlite:///file.db, "
+            f"unsupported target {redact_url(text)!r}: expected a database URL (sqlite:///file.db, "
             "duckdb:///file.duckdb, postgresql://user@host/db, mysql://user@host/db) "
             "or an http(s):// URL"
         )
