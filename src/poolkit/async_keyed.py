@@ -392,7 +392,7 @@ class AsyncKeyedPool(Generic[K, R]):
         if time.monotonic() >= self._next_sweep:
             await self.sweep()
         for _ in range(_CLOSED_RETRIES):
-            pool = self._pools.get(key) or self.pool_for(key)
+            pool = self.pool_for(key)
             try:
                 return await pool.get(timeout=timeout, priority=priority)
             except PoolTimeout as exc:

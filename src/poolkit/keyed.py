@@ -590,7 +590,7 @@ class KeyedPool(Generic[K, R]):
         if time.monotonic() >= self._next_sweep:
             self.sweep()
         for _ in range(_CLOSED_RETRIES):
-            pool = self._pools.get(key) or self.pool_for(key)
+            pool = self.pool_for(key)
             try:
                 return pool.get(timeout=timeout, priority=priority)
             except PoolTimeout as exc:
