@@ -215,3 +215,15 @@ def test_head_204_and_request_validation(private_nginx: PrivateNginx, parser: st
     run(body, parser=parser)
     with pytest.raises(ValueError, match=r"parser \('fast'\) must be one of"):
         AsyncHTTPPool(parser="fast")
+
+
+def test_invalid_header_error_never_shows_the_value(parser: str) -> None:
+    secret = {"Authorization": "Bearer Tok-9d2f\n"}
+
+    async def body(pool: AsyncHTTPPool) -> BaseException:
+        with pytest.raises(ValueError, match="invalid request") as info:
+            await pool.request("GET", f"http://127.0.0.1:{free_port()}/", headers=secret)
+        return info.value
+
+    exc = run(body, parser=parser)
+    assert "Tok-9d2f" not in repr(exc) + repr(exc.__cause__) + repr(exc.__context__)

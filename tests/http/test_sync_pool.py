@@ -443,3 +443,12 @@ def test_tls_config_key_follows_file_contents(tmp_path: object) -> None:
     assert first != TLSConfig(ca_file=str(ca))
     with pytest.raises(ValueError, match=r"client_key \('k.pem'\) needs a client_cert"):
         TLSConfig(client_key="k.pem")
+
+
+def test_invalid_header_error_never_shows_the_value(private_nginx: PrivateNginx) -> None:
+    secret = {"Authorization": "Bearer Tok-9d2f\n"}
+    with HTTPPool() as pool:
+        with pytest.raises(ValueError, match="invalid request") as info:
+            pool.request("GET", private_nginx.url("/"), headers=secret)
+    shown = repr(info.value) + repr(info.value.__cause__) + repr(info.value.__context__)
+    assert "Tok-9d2f" not in shown

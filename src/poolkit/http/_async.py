@@ -250,8 +250,12 @@ class _H11Conn(_Conn):
     ) -> Any:
         try:
             return h11.Request(method=method, target=target, headers=headers)
-        except h11.LocalProtocolError as exc:
-            raise ValueError(f"invalid request: {exc}") from exc
+        except h11.LocalProtocolError:
+            pass
+        # h11's message shows the offending header value (a token, a cookie): say what is
+        # wrong without it, and do not chain h11's error
+        encode_request(method, target, headers, None)
+        raise ValueError("invalid request: h11 refused the method, target or a header value")
 
     async def send_request(self, prepared: Any, method: str, body: bytes | None) -> None:
         h = self.h11

@@ -111,7 +111,13 @@ class _Conn:
     def prepare(
         method: str, target: str, headers: list[tuple[str, str]], body: bytes | None
     ) -> Any:
-        """Validate and encode a request before a connection is borrowed (ValueError)."""
+        """Validate and encode a request before a connection is borrowed (ValueError).
+
+        The base checks with the fast path's encoder (its errors never show a header
+        value, where ``http.client``'s would: an Authorization token, say) and encodes
+        nothing: ``http.client`` writes the request itself.
+        """
+        encode_request(method, target, headers, None)
         return None
 
     def exchange(
