@@ -389,7 +389,17 @@ def _work(st: _State, pool: Pool[Any], timeout: float | None) -> None:
 class AsyncAcquirer(Protocol[R_co]):
     """What :func:`amap` needs from a pool: ``async with pool.acquire() as resource``.
 
-    :class:`poolkit.AsyncPool` satisfies it.
+    :class:`poolkit.AsyncPool` satisfies it, and so does any object with such an ``acquire``.
+
+    Example::
+
+        class OneClient:                      # an AsyncAcquirer over a single shared client
+            def __init__(self, client): self.client = client
+            @contextlib.asynccontextmanager
+            async def acquire(self):
+                yield self.client
+
+        pages = await amap(OneClient(session), fetch, urls, concurrency=4)
     """
 
     def acquire(self) -> AbstractAsyncContextManager[R_co]:

@@ -6,4 +6,9 @@ __all__ = ["CLIError"]
 
 
 class CLIError(Exception):
-    """A user-facing failure: bad input or an unreachable target (printed as one line)."""
+    """A user-facing failure: bad input or an unreachable target (printed as one line).
+
+    Example::
+
+        raise CLIError(f"cannot connect to {target.label}: {target.describe_error(exc)}")
+    """

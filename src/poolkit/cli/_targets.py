@@ -58,6 +58,15 @@ class Target(ABC):
 
     ``open_pool`` builds what the bench borrows from: a ``poolkit.Pool`` (pooled) or a
     ``poolkit.NullPool`` (a new connection per request) over the same factory.
+
+    Example::
+
+        target = parse_target("sqlite:///app.db")
+        target.probe()                                   # CLIError if it cannot be reached
+        pool, close = target.open_pool(pooled=True, max_size=4, name="bench")
+        with pool.acquire() as conn:
+            target.request(conn)
+        close()
     """
 
     kind: str = "target"

@@ -80,6 +80,11 @@ class RunResult:
     """One measurement: ``mode`` is ``"pooled"`` (``Pool``) or ``"unpooled"`` (``NullPool``).
 
     Latencies are per request, from asking for a connection to the end of the request.
+
+    Example::
+
+        r = measure(target, pooled=True, concurrency=4, size=2, duration_s=0.5)
+        print(f"{r.throughput_rps:.0f} req/s, p99 {r.p99_ms} ms, {r.connections_opened} conns")
     """
 
     mode: str
@@ -97,7 +102,13 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """The smallest pool size within 5 % of the best pooled throughput at one concurrency."""
+    """The smallest pool size within 5 % of the best pooled throughput at one concurrency.
+
+    Example::
+
+        rec = recommend(sweep(target, BenchConfig()), concurrency=16)
+        print(rec.pool_size, rec.explanation)
+    """
 
     concurrency: int
     pool_size: int

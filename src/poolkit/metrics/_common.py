@@ -44,7 +44,12 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 
 @runtime_checkable
 class PoolLike(Protocol):
-    """What the exporters need from a pool: ``Pool``, ``AsyncPool`` and their relatives fit."""
+    """What the exporters need from a pool: ``Pool``, ``AsyncPool`` and their relatives fit.
+
+    Example::
+
+        assert isinstance(poolkit.Pool(make_conn), PoolLike)
+    """
 
     @property
     def name(self) -> str: ...
