@@ -30,7 +30,7 @@ from poolkit.http._models import (
     parse_url,
     wire_headers,
 )
-from poolkit.http._origins import PoolSettings, async_keyed_pool
+from poolkit.http._origins import OriginTable, PoolSettings, async_keyed_pool
 from poolkit.keyed import KeyedPoolStats
 
 __all__ = ["AsyncHTTPPool", "AsyncStreamResponse"]
@@ -583,7 +583,7 @@ class AsyncHTTPPool:
         self._tls = tls or DEFAULT_TLS
         self._default_headers = tuple(header_items(headers))
         self._contexts: dict[TLSConfig, ssl.SSLContext] = {}
-        self._origins: dict[tuple[str, str, int, TLSConfig | None], Origin] = {}
+        self._origins = OriginTable(self._tls)
         self._pools = async_keyed_pool(self._settings, self._create, _close)
         self.name = name
 
@@ -613,14 +613,6 @@ class AsyncHTTPPool:
         except asyncio.TimeoutError as exc:
             raise ConnectTimeout(f"connecting to {origin!r} timed out") from exc
 
-    def _origin(self, scheme: str, host: str, port: int, tls: TLSConfig | None) -> Origin:
-        tls_key = (tls or self._tls) if scheme == "https" else None
-        key = (scheme, host, port, tls_key)
-        origin = self._origins.get(key)
-        if origin is None:
-            origin = self._origins.setdefault(key, Origin(scheme, host, port, tls_key))
-        return origin
-
     async def _send(
         self,
         method: str,
@@ -631,7 +623,7 @@ class AsyncHTTPPool:
         tls: TLSConfig | None,
     ) -> tuple[Any, _Conn, tuple[int, str, list[tuple[str, str]]], asyncio.TimerHandle | None]:
         scheme, host, port, host_header, target = parse_url(url)
-        origin = self._origin(scheme, host, port, tls)
+        origin = self._origins.get(scheme, host, port, tls)
         payload = encode_body(body)
         method = method.upper()
         if timeout is _DEFAULT:

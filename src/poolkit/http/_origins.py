@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from poolkit.async_keyed import AsyncKeyedPool
-from poolkit.http._models import Origin
+from poolkit.http._models import Origin, TLSConfig
 from poolkit.keyed import KeyedPool
 
-__all__ = ["PoolSettings", "async_keyed_pool", "keyed_pool"]
+__all__ = ["OriginTable", "PoolSettings", "async_keyed_pool", "keyed_pool"]
 
 C = TypeVar("C")
 
@@ -48,6 +48,32 @@ class PoolSettings:
             raise ValueError(f"max_requests ({self.max_requests}) must be >= 1 or None")
         if self.acquire_timeout < 0:
             raise ValueError(f"acquire_timeout ({self.acquire_timeout}) must be >= 0")
+
+
+class OriginTable:
+    """The pool keys, one :class:`Origin` per (scheme, host, port, TLS settings).
+
+    Plain ``http`` origins carry no TLS settings; ``https`` ones carry the request's
+    :class:`TLSConfig` or the pool's default, so connections never cross TLS settings.
+    """
+
+    __slots__ = ("_default_tls", "_origins")
+
+    def __init__(self, default_tls: TLSConfig) -> None:
+        self._default_tls = default_tls
+        self._origins: dict[tuple[str, str, int, TLSConfig | None], Origin] = {}
+
+    def get(self, scheme: str, host: str, port: int, tls: TLSConfig | None) -> Origin:
+        """The interned origin for a request to ``scheme://host:port`` with ``tls``."""
+        tls_key = (tls or self._default_tls) if scheme == "https" else None
+        key = (scheme, host, port, tls_key)
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins.setdefault(key, Origin(scheme, host, port, tls_key))
+        return origin
+
+    def __len__(self) -> int:
+        return len(self._origins)
 
 
 def keyed_pool(

@@ -26,7 +26,7 @@ from poolkit.http._models import (
     parse_url,
     wire_headers,
 )
-from poolkit.http._origins import PoolSettings, keyed_pool
+from poolkit.http._origins import OriginTable, PoolSettings, keyed_pool
 from poolkit.keyed import KeyedPoolStats
 
 __all__ = ["HTTPPool", "StreamResponse"]
@@ -439,7 +439,7 @@ class HTTPPool:
         self._default_headers = tuple(header_items(headers))
         self._contexts: dict[TLSConfig, ssl.SSLContext] = {}
         self._ctx_lock = threading.Lock()
-        self._origins: dict[tuple[str, str, int, TLSConfig | None], Origin] = {}
+        self._origins = OriginTable(self._tls)
         self._pools = keyed_pool(self._settings, self._create, _close)
         self.name = name
 
@@ -458,14 +458,6 @@ class HTTPPool:
         ctx = self._context(origin.tls) if origin.tls is not None else None
         return self._conn_class(origin, ctx, self._settings.connect_timeout)
 
-    def _origin(self, scheme: str, host: str, port: int, tls: TLSConfig | None) -> Origin:
-        tls_key = (tls or self._tls) if scheme == "https" else None
-        key = (scheme, host, port, tls_key)
-        origin = self._origins.get(key)
-        if origin is None:
-            origin = self._origins.setdefault(key, Origin(scheme, host, port, tls_key))
-        return origin
-
     # -- requests ----------------------------------------------------------------------
 
     def _send(
@@ -479,7 +471,7 @@ class HTTPPool:
     ) -> tuple[Any, _Conn, tuple[int, str, list[tuple[str, str]]]]:
         """Send a request and read the response head; returns (lease, connection, head)."""
         scheme, host, port, host_header, target = parse_url(url)
-        origin = self._origin(scheme, host, port, tls)
+        origin = self._origins.get(scheme, host, port, tls)
         payload = encode_body(body)
         method = method.upper()
         wire = wire_headers(host_header, self._default_headers, header_items(headers), payload)
