@@ -5,13 +5,15 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "BUDGET_STATUSES",
     "DEFAULT_BUCKETS",
     "Histogram",
     "PoolLike",
+    "PoolRegistry",
+    "Subscriptions",
     "destroyed_by_reason",
     "resolve_pool",
 ]
@@ -73,6 +75,89 @@ def resolve_pool(obj: object) -> PoolLike:
         f"{obj!r} is not a pool: expected an object with .name, .stats() and .on() "
         "(poolkit.Pool, poolkit.AsyncPool) or one with such a .pool attribute"
     )
+
+
+class Subscriptions:
+    """A watched pool and the event listeners attached to it, detached together.
+
+    Example::
+
+        subs = Subscriptions(pool)
+        subs.unsubscribe.append(pool.on("acquire", print))
+        subs.detach()
+    """
+
+    __slots__ = ("pool", "unsubscribe")
+
+    def __init__(self, pool: PoolLike) -> None:
+        self.pool = pool
+        self.unsubscribe: list[Callable[[], None]] = []
+
+    def detach(self) -> None:
+        """Remove every listener this entry attached."""
+        for unsubscribe in self.unsubscribe:
+            unsubscribe()
+        self.unsubscribe.clear()
+
+
+E = TypeVar("E", bound=Subscriptions)
+
+
+class PoolRegistry(Generic[E]):
+    """The exporters' bookkeeping: one entry per pool name, thread-safe.
+
+    An entry has listeners attached exactly when timings are on; registering the same pool
+    again only switches timings, a different pool under a taken name is refused.
+
+    Example::
+
+        registry = PoolRegistry[Subscriptions]()
+        registry.register(pool, False, lambda p, timings: Subscriptions(p))
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, E] = {}
+        self._lock = threading.Lock()
+
+    def register(self, pool: object, timings: bool, make: Callable[[PoolLike, bool], E]) -> None:
+        """Add ``pool`` (or the pool behind ``.pool``) with ``make(pool, timings)``.
+
+        Raises ``ValueError`` if a different pool with the same name is registered.
+        """
+        target = resolve_pool(pool)
+        name = target.name
+        with self._lock:
+            current = self._entries.get(name)
+            if current is not None:
+                if current.pool is not target:
+                    raise ValueError(
+                        f"a different pool named {name!r} is already registered; "
+                        "give each pool a unique name="
+                    )
+                if bool(current.unsubscribe) == timings:
+                    return
+                current.detach()
+            self._entries[name] = make(target, timings)
+
+    def unregister(self, pool: object) -> None:
+        """Remove ``pool`` and detach its listeners (no-op if it was not registered)."""
+        target = resolve_pool(pool)
+        with self._lock:
+            entry = self._entries.get(target.name)
+            if entry is None or entry.pool is not target:
+                return
+            del self._entries[target.name]
+        entry.detach()
+
+    def entries(self) -> list[E]:
+        """The registered entries, in registration order."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def names(self) -> list[str]:
+        """Names of the registered pools, sorted."""
+        with self._lock:
+            return sorted(self._entries)
 
 
 # Destroy reasons the core counts in separate stats fields: (field, reason label).

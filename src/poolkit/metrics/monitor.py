@@ -9,18 +9,18 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from poolkit.metrics._common import PoolLike, resolve_pool
+from poolkit.metrics._common import PoolLike, Subscriptions, resolve_pool
 
 __all__ = ["PoolMonitor"]
 
 _log = logging.getLogger("poolkit.monitor")
 
 
-class _Watch:
+class _Watch(Subscriptions):
     """What the monitor remembers about one pool between ticks."""
 
     def __init__(self, pool: PoolLike) -> None:
-        self.pool = pool
+        super().__init__(pool)
         self.last: Any = None  # stats at the previous tick
         self.summary_stats: Any = None  # stats at the previous summary
         self.summary_at: float | None = None
@@ -33,7 +33,7 @@ class _Watch:
         self.health: str | None = None
         self.last_error: str | None = None
         self.last_leak_site: str | None = None
-        self.unsubscribe: list[Callable[[], None]] = [
+        self.unsubscribe += [
             pool.on("create_error", self._on_create_error),
             pool.on("leak", self._on_leak),
         ]
@@ -47,11 +47,6 @@ class _Watch:
         if stack:
             lines = [ln.strip() for ln in str(stack).strip().splitlines() if ln.strip()]
             self.last_leak_site = lines[-2] if len(lines) >= 2 else lines[-1]
-
-    def detach(self) -> None:
-        for unsubscribe in self.unsubscribe:
-            unsubscribe()
-        self.unsubscribe.clear()
 
 
 class PoolMonitor:

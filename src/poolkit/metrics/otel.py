@@ -11,7 +11,7 @@ from typing import Any
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 
-from poolkit.metrics._common import DEFAULT_BUCKETS, PoolLike, resolve_pool
+from poolkit.metrics._common import DEFAULT_BUCKETS, PoolLike, PoolRegistry, Subscriptions
 
 __all__ = ["POOL_NAME", "PoolInstruments", "register", "unregister"]
 
@@ -22,18 +22,12 @@ _STATE = "db.client.connection.state"
 _log = logging.getLogger("poolkit.metrics")
 
 
-class _Entry:
-    __slots__ = ("attrs", "pool", "unsubscribe")
+class _Entry(Subscriptions):
+    __slots__ = ("attrs",)
 
     def __init__(self, pool: PoolLike) -> None:
-        self.pool = pool
+        super().__init__(pool)
         self.attrs: dict[str, str] = {POOL_NAME: pool.name}
-        self.unsubscribe: list[Callable[[], None]] = []
-
-    def detach(self) -> None:
-        for unsubscribe in self.unsubscribe:
-            unsubscribe()
-        self.unsubscribe.clear()
 
 
 class PoolInstruments:
@@ -58,8 +52,7 @@ class PoolInstruments:
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
         provider = meter_provider or otel_metrics.get_meter_provider()
         meter: Meter = provider.get_meter("poolkit")
-        self._entries: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        self._registry: PoolRegistry[_Entry] = PoolRegistry()
         p = "db.client.connection."
         meter.create_observable_up_down_counter(
             p + "count",
@@ -125,42 +118,25 @@ class PoolInstruments:
         ``timings=True`` attaches listeners feeding ``create_time``, ``wait_time`` and
         ``use_time``. Raises ``ValueError`` if a different pool has the same name.
         """
-        target = resolve_pool(pool)
-        with self._lock:
-            current = self._entries.get(target.name)
-            if current is not None:
-                if current.pool is not target:
-                    raise ValueError(
-                        f"a different pool named {target.name!r} is already registered; "
-                        "give each pool a unique name="
-                    )
-                if bool(current.unsubscribe) == timings:
-                    return
-                current.detach()
-            entry = _Entry(target)
-            if timings:
-                attrs = entry.attrs
-                for kind, hist in (
-                    ("create", self._create_time),
-                    ("acquire", self._wait_time),
-                    ("release", self._use_time),
-                ):
-                    entry.unsubscribe.append(target.on(kind, _recorder(hist.record, attrs)))
-            self._entries[target.name] = entry
+        self._registry.register(pool, timings, self._entry)
+
+    def _entry(self, pool: PoolLike, timings: bool) -> _Entry:
+        entry = _Entry(pool)
+        if timings:
+            for kind, hist in (
+                ("create", self._create_time),
+                ("acquire", self._wait_time),
+                ("release", self._use_time),
+            ):
+                entry.unsubscribe.append(pool.on(kind, _recorder(hist.record, entry.attrs)))
+        return entry
 
     def unregister(self, pool: object) -> None:
         """Stop reporting ``pool`` and detach its listeners (no-op if not registered)."""
-        target = resolve_pool(pool)
-        with self._lock:
-            entry = self._entries.get(target.name)
-            if entry is None or entry.pool is not target:
-                return
-            del self._entries[target.name]
-        entry.detach()
+        self._registry.unregister(pool)
 
     def _snapshot(self) -> list[tuple[dict[str, str], Any]]:
-        with self._lock:
-            entries = list(self._entries.values())
+        entries = self._registry.entries()
         out: list[tuple[dict[str, str], Any]] = []
         for entry in entries:
             try:

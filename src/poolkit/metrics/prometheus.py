@@ -20,8 +20,9 @@ from poolkit.metrics._common import (
     DEFAULT_BUCKETS,
     Histogram,
     PoolLike,
+    PoolRegistry,
+    Subscriptions,
     destroyed_by_reason,
-    resolve_pool,
 )
 
 __all__ = ["PoolCollector", "register", "unregister"]
@@ -54,25 +55,19 @@ _HISTOGRAMS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-class _Entry:
+class _Entry(Subscriptions):
     """One registered pool and, when timings are on, its histograms and listeners."""
 
-    __slots__ = ("histograms", "pool", "unsubscribe")
+    __slots__ = ("histograms",)
 
     def __init__(self, pool: PoolLike, timings: bool, buckets: Sequence[float]) -> None:
-        self.pool = pool
+        super().__init__(pool)
         self.histograms: dict[str, Histogram] = {}
-        self.unsubscribe: list[Callable[[], None]] = []
         if timings:
             for suffix, kind, _ in _HISTOGRAMS:
                 hist = Histogram(buckets)
                 self.histograms[suffix] = hist
                 self.unsubscribe.append(pool.on(kind, _observer(hist)))
-
-    def detach(self) -> None:
-        for unsubscribe in self.unsubscribe:
-            unsubscribe()
-        self.unsubscribe.clear()
 
 
 def _observer(hist: Histogram) -> Callable[[Any], None]:
@@ -120,8 +115,7 @@ class PoolCollector(Collector):
         self._prefix = f"{namespace}_pool_"
         self._buckets = tuple(buckets)
         Histogram(self._buckets)  # validates the bounds now rather than at the first register
-        self._entries: dict[str, _Entry] = {}
-        self._lock = threading.Lock()
+        self._registry: PoolRegistry[_Entry] = PoolRegistry()
         if registry is not None:
             registry.register(self)
 
@@ -131,35 +125,16 @@ class PoolCollector(Collector):
         ``timings=True`` attaches event listeners that feed the three histograms. Raises
         ``ValueError`` if a different pool with the same name is already registered.
         """
-        target = resolve_pool(pool)
-        name = target.name
-        with self._lock:
-            current = self._entries.get(name)
-            if current is not None:
-                if current.pool is not target:
-                    raise ValueError(
-                        f"a different pool named {name!r} is already registered; "
-                        "give each pool a unique name="
-                    )
-                if bool(current.histograms) == timings:
-                    return
-                current.detach()
-            self._entries[name] = _Entry(target, timings, self._buckets)
+        buckets = self._buckets
+        self._registry.register(pool, timings, lambda p, t: _Entry(p, t, buckets))
 
     def unregister(self, pool: object) -> None:
         """Stop exporting ``pool`` and detach its listeners (no-op if it was not registered)."""
-        target = resolve_pool(pool)
-        with self._lock:
-            entry = self._entries.get(target.name)
-            if entry is None or entry.pool is not target:
-                return
-            del self._entries[target.name]
-        entry.detach()
+        self._registry.unregister(pool)
 
     def pools(self) -> list[str]:
         """Names of the registered pools."""
-        with self._lock:
-            return sorted(self._entries)
+        return self._registry.names()
 
     def describe(self) -> Iterable[Metric]:
         """Nothing up front: the metric set depends on which pools are registered."""
@@ -167,8 +142,7 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Build the metric families from the pools' current stats (called at scrape time)."""
-        with self._lock:
-            entries = list(self._entries.values())
+        entries = self._registry.entries()
         p = self._prefix
         gauges = {
             suffix: GaugeMetricFamily(p + suffix, doc, labels=["pool"])
