@@ -54,6 +54,15 @@ def pg_connect_kwargs(url: DatabaseURL) -> dict[str, Any]:
     return kwargs
 
 
+def _label(scheme: str, kwargs: Mapping[str, Any], dbname_key: str) -> str:
+    """``scheme://user@host:port/db`` from connect arguments (never the password)."""
+    user = kwargs.get("user", "")
+    host = kwargs.get("host", "")
+    port = kwargs.get("port", "")
+    db = kwargs.get(dbname_key, "")
+    return f"{scheme}://{user}{'@' if user else ''}{host}{':' if port else ''}{port}/{db}"
+
+
 def _statement_timeout_option(kwargs: dict[str, Any], statement_timeout: float | None) -> None:
     if statement_timeout is None:
         return
@@ -185,12 +194,7 @@ class _PsycopgCommon:
             errors.ConnectionException,
             psycopg.InterfaceError,
         )
-        secrets = secret_values(kwargs)
-        user = kwargs.get("user", "")
-        host = kwargs.get("host", "")
-        port = kwargs.get("port", "")
-        label = f"postgresql://{user}{'@' if user else ''}{host}{':' if port else ''}{port}/"
-        return label + str(kwargs.get("dbname", "")), secrets
+        return _label("postgresql", kwargs, "dbname"), secret_values(kwargs)
 
     def _is_broken(self, conn: Any, exc: BaseException | None) -> bool:
         pgconn = conn.pgconn
@@ -567,12 +571,7 @@ class AsyncpgFactory(AsyncDBFactory):
             except ValueError:
                 label = "postgresql+asyncpg://?"
         else:
-            user = kwargs.get("user", "")
-            label = (
-                f"postgresql+asyncpg://{user}{'@' if user else ''}{kwargs.get('host', '')}"
-                f"{':' if kwargs.get('port') else ''}{kwargs.get('port', '')}/"
-                f"{kwargs.get('database', '')}"
-            )
+            label = _label("postgresql+asyncpg", kwargs, "database")
         self._setup(
             reset=reset,
             check_after_idle=check_after_idle,
