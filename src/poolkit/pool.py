@@ -413,18 +413,15 @@ class Pool(ShellBase, Generic[R]):
                 # waits, and becomes its PoolTimeout's cause
                 token = budget.acquire(time_left * 0.8)
             resource = self._hooks.create()
-        except Exception as exc:
-            if token is not None and budget is not None:
+        except BaseException as exc:  # KeyboardInterrupt too: the permit and slot come back
+            if token is not None:
                 self._release_token(token)
             now = self._clock()
             with self._lock:
                 self._core.create_failed(exc, now)
-            logger.debug("poolkit: pool %r: create failed: %r", self.name, exc)
-            self._emit("create_error", None, duration_s=now - start, error=exc)
-            raise
-        except BaseException as exc:
-            with self._lock:
-                self._core.create_failed(exc, self._clock())
+            if isinstance(exc, Exception):
+                logger.debug("poolkit: pool %r: create failed: %r", self.name, exc)
+                self._emit("create_error", None, duration_s=now - start, error=exc)
             raise
         now = self._clock()
         with self._lock:

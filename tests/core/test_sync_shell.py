@@ -558,3 +558,28 @@ def test_background_maintenance_does_not_keep_a_forgotten_pool_alive(things: Thi
     del pool
     gc.collect()
     assert ref() is None  # the scheduler holds pools weakly: a dropped pool can go
+
+
+def test_a_creation_interrupted_after_its_permit_gives_the_permit_back(things: Things) -> None:
+    released: list[object] = []
+
+    class OnePermit:
+        def acquire(self, timeout: float | None) -> object:
+            return "permit"
+
+        def release(self, token: object) -> None:
+            released.append(token)
+
+        def status(self) -> str:
+            return "ok"
+
+    def interrupted() -> Thing:
+        raise KeyboardInterrupt
+
+    pool = Pool(interrupted, budget=OnePermit(), min_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        pool.open(wait=True)
+    assert released == ["permit"]
+    stats = pool.stats()
+    assert stats.creating == 0 and stats.size == 0
+    pool.close()
