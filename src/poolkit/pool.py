@@ -370,10 +370,7 @@ class Pool(ShellBase, Generic[R]):
         """Return ``lease`` (the same as ``lease.release()``); a foreign lease raises."""
         if not isinstance(lease, Lease) or lease._pool is not self:
             raise ReleaseError(f"{lease!r} was not lent by pool {self.name!r}")
-        self._release(lease, None)
-
-    def _release(self, lease: Lease[R], exc: BaseException | bool | None) -> None:
-        lease.__exit__(None, exc, None)
+        lease.release()
 
     def _run_reset(self, entry: Entry) -> str | None:
         assert self._reset is not None
