@@ -238,3 +238,31 @@ def test_a_pool_whose_stats_fail_does_not_silence_the_others(caplog, make_pool: 
     assert "'broken'" in errors[0].getMessage()
     assert "stats exploded" in str(errors[0].exc_info[1])
     monitor.close()
+
+
+def test_restart_after_a_slow_stop_runs_exactly_one_thread() -> None:
+    pool = poolkit.Pool(object, max_size=1, name="restart")
+    entered = threading.Event()
+    release = threading.Event()
+    monitor = PoolMonitor(pool, interval=60, check_interval=0.01)
+    real_tick = monitor.tick
+
+    def slow_tick(now: float | None = None) -> None:
+        entered.set()
+        release.wait(10)
+        real_tick(now)
+
+    monitor.tick = slow_tick  # type: ignore[method-assign]
+    monitor.start()
+    assert entered.wait(10)
+    monitor.stop(timeout=0.01)  # the thread is still inside its check
+    monitor.start()
+    release.set()
+    wait_for(
+        lambda: (
+            sum(t.name == "poolkit-monitor" and t.is_alive() for t in threading.enumerate()) == 1
+        )
+    )
+    assert monitor.running
+    monitor.close()
+    pool.close()

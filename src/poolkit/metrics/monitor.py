@@ -127,10 +127,14 @@ class PoolMonitor:
 
     def start(self) -> PoolMonitor:
         """Start the background thread (a daemon); returns ``self``. Starting twice is a no-op."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive() and not self._stop.is_set():
             return self
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="poolkit-monitor", daemon=True)
+        # each thread gets its own stop event: one still finishing a check after stop()
+        # exits on its own, and never runs beside the new one
+        self._stop = stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(stop,), name="poolkit-monitor", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -167,13 +171,13 @@ class PoolMonitor:
     ) -> None:
         self.close()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         while True:
             try:
                 self.tick(self._clock())
             except Exception:  # never let the thread die
                 self._log.exception("poolkit monitor: a check failed")
-            if self._stop.wait(self.check_interval):
+            if stop.wait(self.check_interval):
                 return
 
     # -- the policy ---------------------------------------------------------------------------
