@@ -169,3 +169,19 @@ def test_frozen_redis_does_not_hang_and_caps_growth(tcp_proxy, budget_name, mode
         proxy.set_mode("pass")
         pool.close()
         b.close()
+
+
+def test_releases_during_an_outage_warn_once_not_per_lease(private_redis, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="poolkit.cluster")
+    b = RedisBudget(private_redis.url, "quiet-logs", 10, lease_ttl=10.0, restart_quiet=0)
+    b._stop.set()
+    try:
+        held = [b.acquire(1.0) for _ in range(4)]
+        private_redis.kill()
+        for token in held:
+            b.release(token)  # each is logged, never raised
+        release_logs = [r for r in caplog.records if "could not release" in r.getMessage()]
+        assert len(release_logs) == 4
+        assert [r.levelno for r in release_logs].count(logging.WARNING) == 1
+    finally:
+        b.close()

@@ -255,15 +255,7 @@ class AsyncRedisBudget(BudgetState):
                 keys=self._keys, args=release_args(self._cfg, self._proc, members)
             )
         except REDIS_DOWN as e:
-            self._mark_down(e, "release")
-            log.warning(
-                "budget %r: could not release %d lease(s) (%s); they expire on the server "
-                "within lease_ttl=%.3f s",
-                self._cfg.name,
-                len(members),
-                e,
-                self._cfg.lease_ttl,
-            )
+            self._release_failed(e, len(members))
         except redis.RedisError as e:
             log.error("budget %r: release failed: %s", self._cfg.name, e)
         else:

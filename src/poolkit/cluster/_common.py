@@ -532,6 +532,20 @@ class BudgetState:
                 else f"growing is allowed up to fallback_limit={self._cfg.fallback_limit}",
             )
 
+    def _release_failed(self, error: BaseException, count: int) -> None:
+        """A release could not reach Redis: warn once per outage, then only at debug level."""
+        was_reachable = self._reachable
+        self._mark_down(error, "release")
+        log.log(
+            logging.WARNING if was_reachable else logging.DEBUG,
+            "budget %r: could not release %d lease(s) (%s); they expire on the server "
+            "within lease_ttl=%.3f s",
+            self._cfg.name,
+            count,
+            error,
+            self._cfg.lease_ttl,
+        )
+
     def _mark_up(self) -> None:
         if not self._reachable:
             self._reachable = True
