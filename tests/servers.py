@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 __all__ = [
     "EchoServer",
@@ -340,7 +340,59 @@ def _pg_probe(host: str, port: int, timeout: float) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-class PrivatePostgres:
+_S = TypeVar("_S", bound="_PrivateServer")
+
+
+class _PrivateServer:
+    """What the private servers share: a process, a scratch directory, clean-up, ``with``."""
+
+    port: int
+    _proc: _Process
+    _root: Path
+    _cleaned: bool
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running server (the master process), or None when stopped."""
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc.running
+
+    def kill(self) -> None:
+        """SIGKILL the server."""
+        raise NotImplementedError
+
+    def _halt(self) -> None:
+        """End a server that still runs at clean-up; SIGKILL unless a subclass knows better."""
+        self.kill()
+
+    def cleanup(self) -> None:
+        """Stop the server if it still runs and delete its directory."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        try:
+            if self.running:
+                self._halt()
+        finally:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} port={self.port} pid={self.pid}>"
+
+
+class PrivatePostgres(_PrivateServer):
     """A private PostgreSQL cluster on a free loopback port, for tests that break servers.
 
     The data dir is a copy of a per-process template (initdb runs once), so an instance starts
@@ -408,16 +460,6 @@ class PrivatePostgres:
     def url(self) -> str:
         """``postgresql://postgres@127.0.0.1:PORT/postgres``."""
         return f"postgresql://postgres@{self.host}:{self.port}/postgres"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running postmaster, or None when stopped."""
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """True while the postmaster process is alive."""
-        return self._proc.running
 
     def backend_pids(self) -> list[int]:
         """PIDs of the postmaster's children (backends and auxiliary processes)."""
@@ -532,27 +574,8 @@ class PrivatePostgres:
             )
         )
 
-    def cleanup(self) -> None:
-        """Kill the server if it still runs and delete its data dir."""
-        if self._cleaned:
-            return
-        self._cleaned = True
-        try:
-            if self.running:
-                self.stop("immediate", timeout=10)
-        finally:
-            shutil.rmtree(self._root, ignore_errors=True)
-
-    def __enter__(self) -> PrivatePostgres:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return f"<PrivatePostgres port={self.port} pid={self.pid}>"
+    def _halt(self) -> None:
+        self.stop("immediate", timeout=10)
 
 
 # --------------------------------------------------------------------------- Redis
@@ -572,7 +595,7 @@ def _redis_ping(host: str, port: int, password: str | None, timeout: float) -> s
         return f"{type(exc).__name__}: {exc}"
 
 
-class PrivateRedis:
+class PrivateRedis(_PrivateServer):
     """A private ``redis-server`` on a free loopback port that keeps nothing on disk.
 
     Example::
@@ -614,16 +637,6 @@ class PrivateRedis:
         """``redis://[:password@]127.0.0.1:PORT/0``."""
         auth = f":{urllib.parse.quote(self.password)}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running server, or None when stopped."""
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """True while the server process is alive."""
-        return self._proc.running
 
     def start(self) -> None:
         """Start redis-server on ``self.port`` and wait until it answers PING."""
@@ -689,28 +702,6 @@ class PrivateRedis:
         self.stop()
         self.start()
 
-    def cleanup(self) -> None:
-        """Kill the server if it still runs and delete its directory."""
-        if self._cleaned:
-            return
-        self._cleaned = True
-        try:
-            if self.running:
-                self.kill()
-        finally:
-            shutil.rmtree(self._root, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return f"<PrivateRedis port={self.port} pid={self.pid}>"
-
 
 # --------------------------------------------------------------------------- nginx
 
@@ -762,7 +753,7 @@ class NginxLogEntry:
     user_agent: str
 
 
-class PrivateNginx:
+class PrivateNginx(_PrivateServer):
     """A private nginx on a free loopback port with keep-alive knobs and test endpoints.
 
     Endpoints:
@@ -842,16 +833,6 @@ class PrivateNginx:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the nginx master, or None when stopped."""
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """True while the master process is alive."""
-        return self._proc.running
 
     def _write_config(self) -> None:
         r = self._root
@@ -1049,28 +1030,6 @@ http {{
                 )
             )
         return entries
-
-    def cleanup(self) -> None:
-        """Kill nginx if it still runs and delete its directory."""
-        if self._cleaned:
-            return
-        self._cleaned = True
-        try:
-            if self.running:
-                self.kill()
-        finally:
-            shutil.rmtree(self._root, ignore_errors=True)
-
-    def __enter__(self) -> PrivateNginx:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return f"<PrivateNginx port={self.port} pid={self.pid}>"
 
 
 # --------------------------------------------------------------------------- TCP fault proxy
